@@ -1,0 +1,293 @@
+"""Every option of every `mgeo` command, in one typed place.
+
+Each field is an environment variable `MGEO_<NAME>` and a CLI flag `--<name>` (kebab case);
+`--help` shows the field's description. Command classes compose the shared groups, so an option
+such as `bootstrap_servers` is defined once and means the same thing everywhere.
+
+This module imports no torch: the producer side loads it on hosts without a GPU stack.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict
+
+ENV_PREFIX = "MGEO_"
+
+# librdkafka properties whose values must never reach a log, an error message or a config dump.
+_SECRET_KEY = re.compile(r"(password|secret|token|key\.pem|private|credential|jaas)", re.I)
+
+
+def redact(config: dict[str, str]) -> dict[str, str]:
+    """A copy of a librdkafka config fit for logs: secret-looking values replaced by `***`."""
+    return {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in config.items()}
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """Read a Java-style `.properties` file (`key=value` lines, `#` comments) into a dict."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read Kafka config file {path}: {exc.strerror}; "
+                         "pass a readable file to --kafka-config-file") from None
+    out: dict[str, str] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"{path}:{n}: expected key=value, got {line[:40]!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class Base(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_enforce_required=False,
+        cli_avoid_json=True,
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log verbosity.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log line format: human-readable text, or one JSON object a line "
+                            "(for log shippers).")
+
+
+class KafkaSettings(Base):
+    """Where the pairs and results live, and how to talk to the brokers."""
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port.")
+    input_topic: str = Field("address-pairs", description="Topic of address-pair requests.")
+    output_topic: str = Field("address-scores", description="Topic the scores are written to.")
+    dlq_topic: str = Field(
+        "address-pairs.dlq",
+        description="Dead-letter topic for messages without a usable id (value kept unchanged).")
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties for every client, as key=value (repeatable), "
+                    "e.g. --kafka-config security.protocol=SASL_SSL. Secret values are never "
+                    "logged.")
+    consumer_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka properties for consumers only.")
+    producer_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra librdkafka properties for producers only.")
+    kafka_config_file: Path | None = Field(
+        None,
+        description="A .properties file of librdkafka settings (key=value lines) read at start; "
+                    "keeps credentials out of the environment and the command line.")
+
+    def client_config(self, role: Literal["consumer", "producer", "admin"]) -> dict[str, str]:
+        """The librdkafka config of one client: bootstrap, file, shared, then role-specific."""
+        conf: dict[str, str] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.kafka_config_file is not None:
+            conf.update(read_properties(self.kafka_config_file))
+        conf.update(self.kafka_config)
+        if role == "consumer":
+            conf.update(self.consumer_config)
+        elif role == "producer":
+            conf.update(self.producer_config)
+        return conf
+
+    def masked(self) -> dict:
+        """This settings object as a dict fit for logs: secrets masked."""
+        data = self.model_dump(mode="json")
+        for key in ("kafka_config", "consumer_config", "producer_config"):
+            data[key] = redact(data[key])
+        return data
+
+
+class ModelSettings(Base):
+    """Which model runs where, and how the engine batches it."""
+
+    model: Path | None = Field(
+        None,
+        description="A local Hugging Face sequence-classification directory (a converted MGeo "
+                    "checkpoint, see `mgeo convert`). Default: the bundled demonstration model.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs; auto picks cuda when a GPU is visible.")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto",
+        description="Numeric precision: auto is fp16 on cuda (softmax in fp32) and fp32 on cpu; "
+                    "int8 is dynamic quantization, cpu only.")
+    max_length: int = Field(
+        128, ge=8, le=512, description="Token limit of a pair; longer pairs are truncated "
+                                        "(MGeo's recipe uses 128).")
+    token_budget: int | None = Field(
+        None, ge=64,
+        description="Padded tokens per model batch. Default: found at start-up from free GPU "
+                    "memory on cuda, 8192 on cpu.")
+    memory_fraction: float = Field(
+        0.8, gt=0.05, le=0.98,
+        description="Share of free GPU memory the adaptive token budget may use.")
+    cache_size: int = Field(
+        0, ge=0, description="Entries of an LRU cache of recently scored pairs (0 turns it off).")
+    positive_labels: list[str] | None = Field(
+        None,
+        description="Labels whose probabilities sum to `score`. Default: exact_match when the "
+                    "model has it, else the label of id 1.")
+    max_address_chars: int = Field(
+        1000, ge=1,
+        description="Addresses longer than this many characters get an error result instead "
+                    "of a score.")
+
+    @field_validator("positive_labels", mode="before")
+    @classmethod
+    def _split_labels(cls, v):
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+
+class WorkerSettings(KafkaSettings, ModelSettings):
+    """`mgeo worker`: consume requests, score them, publish results, commit."""
+
+    group_id: str = Field("mgeo-workers", description="Consumer group of the worker fleet.")
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="at-least-once commits offsets after results are delivered; exactly-once "
+                    "writes results and offsets in one Kafka transaction.")
+    consume_batch: int = Field(
+        1000, ge=1, le=100_000, description="Most messages taken from the consumer per poll.")
+    poll_timeout: float = Field(
+        0.2, gt=0, le=10, description="Seconds one poll waits for messages.")
+    max_batch_pairs: int = Field(
+        4096, ge=1, description="Most pairs handed to the engine at once.")
+    max_inflight: int = Field(
+        20_000, ge=1,
+        description="Most requests read but not yet answered; beyond it the worker pauses its "
+                    "partitions (and keeps polling, so it stays in the group).")
+    commit_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds between offset commits.")
+    session_timeout_ms: int = Field(
+        10_000, ge=1000, description="Consumer group session timeout (librdkafka "
+                                     "session.timeout.ms).")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1000, description="librdkafka max.poll.interval.ms.")
+    max_request_bytes: int = Field(
+        65_536, ge=64,
+        description="Requests larger than this get an error result (or a dead letter when no id "
+                    "can be read).")
+    shutdown_timeout: float = Field(
+        60.0, gt=0, description="Seconds a SIGTERM drain may take before giving up on "
+                                "in-flight work (it is then redelivered, not lost).")
+    max_messages: int | None = Field(
+        None, ge=1, description="Stop after answering this many messages (for tests and demos).")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Serve Prometheus /metrics and /healthz, /readyz on this port (0 picks a "
+                    "free one).")
+
+
+class ProduceSettings(KafkaSettings):
+    """`mgeo produce FILE|-`: publish address pairs from CSV or JSONL."""
+
+    input: CliPositionalArg[str] = Field(
+        "-", description="CSV (header id,addr1,addr2; other columns go to meta) or JSONL file; "
+                         "- reads stdin.")
+    format: Literal["auto", "csv", "jsonl"] = Field(
+        "auto", description="Input format; auto goes by the file extension (stdin: sniffed).")
+    progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
+
+
+class CollectSettings(KafkaSettings):
+    """`mgeo collect`: read the results topic into a CSV or JSONL file."""
+
+    out: Path = Field(Path("results.csv"),
+                      description="Output file; .csv or .jsonl picks the format.")
+    expect: int | None = Field(
+        None, ge=1, description="Stop after this many distinct ids.")
+    timeout: float = Field(
+        30.0, gt=0, description="Stop after this many seconds without a new result.")
+    group_id: str | None = Field(
+        None, description="Consumer group to read with (default: a fresh one that reads the "
+                          "topic from the start).")
+    from_beginning: bool = Field(True, description="Start from the earliest result.")
+    progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
+
+
+class BrokerSettings(Base):
+    """`mgeo broker`: a Kafka-compatible broker (Tansu, in memory) on loopback."""
+
+    port: int = Field(9092, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+
+
+class DemoSettings(ModelSettings):
+    """`mgeo demo`: broker, topics, worker, producer and collector, end to end, on this machine."""
+
+    out: Path = Field(Path("mgeo-demo-results.csv"), description="Where the results CSV goes.")
+    input: Path | None = Field(
+        None, description="Pairs to publish (CSV/JSONL). Default: the bundled sample.")
+    partitions: int = Field(4, ge=1, description="Partitions of the demo topics.")
+    timeout: float = Field(600.0, gt=0, description="Give up after this many seconds.")
+
+
+class ScoreSettings(ModelSettings):
+    """`mgeo score`: score a CSV/JSONL file offline with the same engine, no Kafka."""
+
+    input: Path = Field(..., validation_alias=AliasChoices("in", "mgeo_in"), description="CSV (id,addr1,addr2) or JSONL file of pairs.")
+    out: Path = Field(..., description="Output file; .csv or .jsonl picks the format.")
+    progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
+
+
+# `--json` is the flag people expect; the field it needs shadows BaseModel.json (deprecated).
+warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
+
+
+class BenchSettings(ModelSettings):
+    """`mgeo bench`: the reference loop against the engine, same pairs, same model."""
+
+    pairs: int = Field(2000, ge=32, description="Pairs to score in each configuration.")
+    seed: int = Field(0, description="Seed of the synthetic pairs and random model.")
+    json: bool = Field(False, description="Print one JSON object instead of a table.")
+    plot: Path | None = Field(
+        Path("bench.png"), description="Where the PNG plot goes (empty to skip).")
+    ref_batch: int = Field(32, ge=1, description="Batch size of the reference loop.")
+
+
+class ConvertSettings(Base):
+    """`mgeo convert SRC DST`: a ModelScope MGeo checkpoint to a Hugging Face directory."""
+
+    src: CliPositionalArg[Path] = Field(..., description="ModelScope MGeo checkpoint directory.")
+    dst: CliPositionalArg[Path] = Field(
+        ..., description="Where the Hugging Face directory is written (new or empty).")
+
+
+class SynthSettings(Base):
+    """`mgeo synth`: labelled synthetic Chinese address pairs for training and tests."""
+
+    out: Path = Field(Path("pairs.csv"), description="Output CSV or JSONL file.")
+    n: int = Field(20_000, ge=1, description="Number of pairs.")
+    seed: int = Field(0, description="Random seed; the same seed gives the same file.")
+
+
+class TrainSettings(ModelSettings):
+    """`mgeo train`: fine-tune a sequence-classification model on labelled pairs."""
+
+    data: Path = Field(..., description="CSV/JSONL of labelled pairs (id,addr1,addr2,label).")
+    out: Path = Field(..., description="Directory the trained model is saved to.")
+    base: Path | None = Field(
+        None, description="Checkpoint to fine-tune; default: a fresh small BERT.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(64, ge=1, description="Pairs per optimizer step.")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (linear warm-up and decay).")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.9, description="Share held out for evaluation.")
+    seed: int = Field(0, description="Seed of the split, the initialisation and the data order.")
+    layers: int = Field(4, ge=1, description="Layers of a fresh model.")
+    hidden: int = Field(256, ge=32, description="Hidden size of a fresh model.")
+    heads: int = Field(4, ge=1, description="Attention heads of a fresh model.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all).")
