@@ -1,0 +1,154 @@
+"""`mgeo demo`: the whole pipeline on one machine, started and cleaned up by one command.
+
+Embedded broker -> topics -> a real `mgeo worker` process -> `publish_pairs` of the bundled sample
+-> `Collector` -> a CSV and a summary. Whatever it started is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mgeo.admin import create_topics
+from mgeo.broker import BrokerError, EmbeddedBroker
+from mgeo.pairs_io import InputError, read_rows, write_results
+from mgeo.settings import DemoSettings
+from producer.collect import Collector
+from producer.publish import Publisher
+
+TOPICS = {"input": "address-pairs", "output": "address-scores", "dlq": "address-pairs.dlq"}
+
+
+def sample_path() -> Path:
+    return Path(str(importlib.resources.files("mgeo") / "data" / "sample_pairs.csv"))
+
+
+def _say(step: str) -> None:
+    print(step, flush=True)
+
+
+def _wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until the worker's log holds `text` (it logs its partition assignment)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(encoding="utf-8", errors="replace"):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.1)  # a log file offers no event to wait on
+    return False
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def run(s: DemoSettings) -> int:
+    source = s.input or sample_path()
+    try:
+        rows = list(read_rows(source))
+    except InputError as exc:
+        print(f"mgeo demo: {exc}", file=sys.stderr)
+        return 2
+    pairs = [r.obj for r in rows if r.obj is not None]
+    if not pairs:
+        print(f"mgeo demo: no pairs in {source}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="mgeo-demo-"))
+    worker_log = workdir / "worker.log"
+    worker: subprocess.Popen | None = None
+    started = time.monotonic()
+    try:
+        with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+            _say(f"[1/5] broker (Tansu, in memory) at {broker.bootstrap}")
+            conf = {"bootstrap.servers": broker.bootstrap}
+            create_topics(conf, {TOPICS["input"]: s.partitions, TOPICS["output"]: s.partitions,
+                                 TOPICS["dlq"]: 1})
+            env = dict(os.environ)
+            env.update({
+                "MGEO_BOOTSTRAP_SERVERS": broker.bootstrap, "MGEO_INPUT_TOPIC": TOPICS["input"],
+                "MGEO_OUTPUT_TOPIC": TOPICS["output"], "MGEO_DLQ_TOPIC": TOPICS["dlq"],
+                "MGEO_GROUP_ID": "mgeo-demo", "MGEO_DEVICE": s.device,
+                "MGEO_PRECISION": s.precision, "MGEO_SESSION_TIMEOUT_MS": "6000",
+                "MGEO_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
+            if s.model is not None:
+                env["MGEO_MODEL"] = str(s.model)
+            _say(f"[2/5] starting a worker (log: {worker_log})")
+            with open(worker_log, "wb") as logf:
+                worker = subprocess.Popen([sys.executable, "-m", "mgeo.cli", "worker"], env=env,
+                                          stdout=logf, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+            if not _wait_for_line(worker_log, "assigned", worker, min(s.timeout, 300)):
+                tail = worker_log.read_text(encoding="utf-8", errors="replace")[-3000:]
+                print(f"mgeo demo: the worker did not start:\n{tail}", file=sys.stderr)
+                return 1
+            model_line = next((ln for ln in worker_log.read_text("utf-8", "replace").splitlines()
+                               if "loaded on" in ln), "")
+            _say(f"[3/5] worker ready: {model_line.split(': ', 1)[-1]}")
+            t0 = time.monotonic()
+            pub = Publisher({**conf, "enable.idempotence": True, "linger.ms": 5},
+                            TOPICS["input"])
+            for pair in pairs:
+                pub.send_pair(pair)
+            report = pub.flush(60)
+            _say(f"[4/5] published {report.delivered} pairs from {source}")
+            if not report.ok:
+                print("mgeo demo: " + "; ".join(report.errors), file=sys.stderr)
+            collector = Collector(conf, TOPICS["output"])
+            with tqdm(total=report.sent, desc="[5/5] results", unit=" pairs",
+                      disable=not sys.stderr.isatty()) as bar:
+                collector.collect(report.sent, timeout=s.timeout, on_new=bar.update,
+                                  deadline=started + s.timeout)
+            elapsed = time.monotonic() - t0
+            collector.close()
+            _stop(worker)
+            n = write_results(s.out, collector.results.values(), collector.labels,
+                              refuse=[source])
+    except BrokerError as exc:
+        print(f"mgeo demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nmgeo demo: interrupted; stopped the worker and the broker", file=sys.stderr)
+        return 130
+    finally:
+        _stop(worker)
+    _summary(pairs, collector.results, n, elapsed, s.out)
+    return 0 if n == len(pairs) else 1
+
+
+def _summary(pairs: list[dict], results: dict, n: int, elapsed: float, out: Path) -> None:
+    errors = sum(1 for r in results.values() if "error" in r)
+    print()
+    print(f"pairs published    {len(pairs)}")
+    print(f"results collected  {n}  ({errors} error results)")
+    print(f"end to end         {elapsed:.1f} s, {n / max(elapsed, 1e-9):.0f} pairs/s "
+          "(publish to last result, one CPU worker)")
+    truth = {p["id"]: (p.get("meta") or {}).get("label") for p in pairs}
+    judged = [(truth[i], r.get("label")) for i, r in results.items() if truth.get(i)]
+    if judged:
+        agree = sum(a == b for a, b in judged) / len(judged)
+        print(f"label agreement    {agree:.1%} with the sample's label column")
+    print("examples:")
+    for p in pairs[:6]:
+        r = results.get(p["id"], {})
+        if "error" in r:
+            verdict = f"error {r['error']['code']}"
+        else:
+            verdict = f"{r.get('label', '?'):<13} score {r.get('score', float('nan')):.3f}"
+        print(f"  {p['addr1']}  |  {p['addr2']}  ->  {verdict}")
+    print(f"results file       {out.resolve()}")

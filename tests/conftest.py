@@ -1,0 +1,138 @@
+"""Shared fixtures: a real Kafka-compatible broker, fresh topics, small models, worker processes.
+
+By default the tests start the embedded broker (Tansu) on loopback once per session. With
+MGEO_TEST_BOOTSTRAP=host:port they run against that Kafka instead (e.g. the compose one).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tansu joins a group in about session.timeout.ms / 2: short sessions keep tests quick.
+FAST_GROUP = {"MGEO_SESSION_TIMEOUT_MS": "6000"}
+
+
+@pytest.fixture(scope="session")
+def bootstrap():
+    external = os.environ.get("MGEO_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    from mgeo.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture()
+def topics(bootstrap):
+    """Fresh input/output/dead-letter topic names (4, 4, 1 partitions) for one test."""
+    from mgeo.admin import create_topics
+
+    tag = uuid.uuid4().hex[:8]
+    names = {"input": f"pairs-{tag}", "output": f"scores-{tag}", "dlq": f"dlq-{tag}",
+             "group": f"workers-{tag}"}
+    create_topics({"bootstrap.servers": bootstrap},
+                  {names["input"]: 4, names["output"]: 4, names["dlq"]: 1})
+    return names
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer BERT with the Chinese character vocabulary: fast on a CPU, real code paths."""
+    from worker.model import build_random_model
+
+    return build_random_model(tmp_path_factory.mktemp("tiny-model"), layers=2, hidden=64,
+                              heads=2, intermediate=128, seed=0)
+
+
+def worker_env(bootstrap: str, topics: dict, model: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FAST_GROUP)
+    env.update({"MGEO_BOOTSTRAP_SERVERS": bootstrap, "MGEO_INPUT_TOPIC": topics["input"],
+                "MGEO_OUTPUT_TOPIC": topics["output"], "MGEO_DLQ_TOPIC": topics["dlq"],
+                "MGEO_GROUP_ID": topics["group"], "MGEO_MODEL": str(model),
+                "MGEO_DEVICE": "cpu", "MGEO_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`mgeo worker` in a subprocess, its log captured; waits are on log events, bounded."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()):
+        self.proc = subprocess.Popen([sys.executable, "-m", "mgeo.cli", "worker", *args],
+                                     env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        """Block until a log line contains `text`; fail with the log if it never comes."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if text in line:
+                        return line
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"worker never logged {text!r}:\n" + self.log())
+                self._cond.wait(min(left, 1.0))
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-80:])
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait(10)
+        self._reader.join(5)
+        return rc
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+
+
+@pytest.fixture()
+def start_worker():
+    started: list[WorkerProcess] = []
+
+    def _start(env: dict[str, str], *args: str) -> WorkerProcess:
+        w = WorkerProcess(env, args)
+        started.append(w)
+        return w
+
+    yield _start
+    for w in started:
+        if w.proc.poll() is None:
+            w.kill()

@@ -1,0 +1,122 @@
+"""The Kafka loop alone (no torch): a real broker, a small deterministic engine in the test."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from mgeo import wire
+from mgeo.settings import WorkerSettings
+from producer.collect import Collector
+from worker.loop import StreamProcessor
+from worker.scoring import Scorer
+
+pytestmark = pytest.mark.broker
+
+
+@dataclass
+class _Scored:
+    probs: dict
+    truncated: bool = False
+
+
+class RuleEngine:
+    """Scores by a rule; fails on pairs holding `poison`; can be made to fail on everything."""
+
+    labels = ["not_match", "partial_match", "exact_match"]
+    positive = ["exact_match"]
+    model_name = "rule"
+
+    def __init__(self, poison: str = "毒", broken: bool = False):
+        self.poison, self.broken, self.calls = poison, broken, 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def score(self, pairs):
+        self.calls += 1
+        self.gate.wait(60)
+        if self.broken or any(self.poison in a or self.poison in b for a, b in pairs):
+            raise RuntimeError("cannot score")
+        return [_Scored({"not_match": 0.0, "partial_match": 0.0, "exact_match": 1.0}
+                        if a == b else {"not_match": 1.0, "partial_match": 0.0,
+                                        "exact_match": 0.0}) for a, b in pairs]
+
+
+def _settings(bootstrap, topics, **kw) -> WorkerSettings:
+    return WorkerSettings(bootstrap_servers=bootstrap, input_topic=topics["input"],
+                          output_topic=topics["output"], dlq_topic=topics["dlq"],
+                          group_id=topics["group"], session_timeout_ms=6000,
+                          commit_interval=0.2, **kw)
+
+
+def _publish(bootstrap, topic, reqs):
+    p = Producer({"bootstrap.servers": bootstrap})
+    for rid, a, b in reqs:
+        p.produce(topic, key=rid.encode(), value=wire.encode_request(rid, a, b))
+    assert p.flush(30) == 0
+
+
+def _start(proc: StreamProcessor) -> tuple[threading.Thread, list]:
+    rc: list = []
+    t = threading.Thread(target=lambda: rc.append(proc.run()), daemon=True)
+    t.start()
+    return t, rc
+
+
+def _committed_total(bootstrap, group, topic) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    got = c.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)
+    c.close()
+    return sum(tp.offset for tp in got if tp.offset > 0)
+
+
+def test_poison_pair_gets_an_error_and_the_rest_are_scored(bootstrap, topics):
+    reqs = [(f"r{i}", f"地址{i}", f"地址{i}" if i % 2 else "别处") for i in range(40)]
+    reqs[17] = ("bad", "有毒的地址", "地址")
+    _publish(bootstrap, topics["input"], reqs)
+    proc = StreamProcessor(_settings(bootstrap, topics, max_messages=40), Scorer(RuleEngine()))
+    t, rc = _start(proc)
+    out = Collector({"bootstrap.servers": bootstrap}, topics["output"])
+    out.collect(40, timeout=60)
+    out.close()
+    t.join(60)
+    assert rc == [0]
+    assert out.results["bad"]["error"]["code"] == wire.SCORING_FAILED
+    scored = [r for r in out.results.values() if "error" not in r]
+    assert len(scored) == 39
+    assert all(r["label"] == ("exact_match" if int(r["id"][1:]) % 2 else "not_match")
+               for r in scored)
+    assert _committed_total(bootstrap, topics["group"], topics["input"]) == 40
+
+
+def test_broken_engine_stops_the_worker_without_committing(bootstrap, topics):
+    _publish(bootstrap, topics["input"], [(f"r{i}", "甲", "乙") for i in range(10)])
+    proc = StreamProcessor(_settings(bootstrap, topics), Scorer(RuleEngine(broken=True)))
+    t, rc = _start(proc)
+    t.join(90)
+    assert rc == [1]
+    assert _committed_total(bootstrap, topics["group"], topics["input"]) == 0
+
+
+def test_pauses_when_full_and_answers_everything_after(bootstrap, topics):
+    engine = RuleEngine()
+    engine.gate.clear()  # inference blocks until the test opens the gate
+    _publish(bootstrap, topics["input"], [(f"r{i}", "甲", "甲") for i in range(300)])
+    proc = StreamProcessor(_settings(bootstrap, topics, max_inflight=50, consume_batch=20,
+                                     max_messages=300), Scorer(engine))
+    t, rc = _start(proc)
+    deadline = threading.Event()
+    for _ in range(300):  # bounded: up to 30 s for the loop to fill up and pause
+        if proc._paused:
+            break
+        deadline.wait(0.1)
+    assert proc._paused and proc.tracker.inflight >= 50
+    assert proc.stats.consumed < 300  # it stopped reading instead of buffering everything
+    engine.gate.set()
+    t.join(120)
+    assert rc == [0] and proc.stats.answered == 300
+    # It stayed in the group the whole time: one assignment, no loss, one revoke at shutdown.
+    assert (proc.stats.assignments, proc.stats.losses, proc.stats.revocations) == (1, 0, 1)
