@@ -143,6 +143,10 @@ class ModelSettings(Base):
         1000, ge=1,
         description="Addresses longer than this many characters get an error result instead "
                     "of a score.")
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads torch may use for the model (default: torch's choice, the "
+                    "physical cores). Lower it when several workers share a host.")
 
     @field_validator("positive_labels", mode="before")
     @classmethod
@@ -190,6 +194,12 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         None, ge=0, le=65535,
         description="Serve Prometheus /metrics and /healthz, /readyz on this port (0 picks a "
                     "free one).")
+    liveness_timeout: float = Field(
+        60.0, gt=0,
+        description="/healthz fails once the Kafka loop has not ticked for this many seconds.")
+    stats_interval_ms: int = Field(
+        5000, ge=0, description="librdkafka statistics interval feeding the consumer-lag "
+                                "metric (0 turns it off).")
 
 
 class ProduceSettings(KafkaSettings):
@@ -212,9 +222,10 @@ class CollectSettings(KafkaSettings):
         None, ge=1, description="Stop after this many distinct ids.")
     timeout: float = Field(
         30.0, gt=0, description="Stop after this many seconds without a new result.")
-    group_id: str | None = Field(
-        None, description="Consumer group to read with (default: a fresh one that reads the "
-                          "topic from the start).")
+    collect_group_id: str | None = Field(
+        None, description="Consumer group to read with, committing what was written (default: "
+                          "none; every partition is read from the start). Not the workers' "
+                          "group: sharing MGEO_GROUP_ID would steal their partitions.")
     from_beginning: bool = Field(True, description="Start from the earliest result.")
     progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
 
@@ -242,6 +253,10 @@ class ScoreSettings(ModelSettings):
     input: Path = Field(..., validation_alias=AliasChoices("in", "mgeo_in"), description="CSV (id,addr1,addr2) or JSONL file of pairs.")
     out: Path = Field(..., description="Output file; .csv or .jsonl picks the format.")
     progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
+    chunk_pairs: int = Field(
+        4096, ge=1,
+        description="Rows read and handed to the engine at once (its length-sorting window); "
+                    "bounds memory on big files.")
 
 
 # `--json` is the flag people expect; the field it needs shadows BaseModel.json (deprecated).
@@ -265,6 +280,18 @@ class ConvertSettings(Base):
     src: CliPositionalArg[Path] = Field(..., description="ModelScope MGeo checkpoint directory.")
     dst: CliPositionalArg[Path] = Field(
         ..., description="Where the Hugging Face directory is written (new or empty).")
+    labels: list[str] | None = Field(
+        None,
+        description="Label names in id order, comma-separated, for checkpoints whose config "
+                    "names none. Default then: not_match,partial_match,exact_match (with a "
+                    "warning).")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _split_labels(cls, v):
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
 
 
 class SynthSettings(Base):
@@ -278,16 +305,32 @@ class SynthSettings(Base):
 class TrainSettings(ModelSettings):
     """`mgeo train`: fine-tune a sequence-classification model on labelled pairs."""
 
-    data: Path = Field(..., description="CSV/JSONL of labelled pairs (id,addr1,addr2,label).")
+    data: Path | None = Field(
+        None, description="CSV/JSONL of labelled pairs (id,addr1,addr2,label); or use --synth.")
+    synth: int | None = Field(
+        None, ge=10, description="Train on this many pairs from `mgeo synth` (made with --seed) "
+                                 "instead of --data.")
     out: Path = Field(..., description="Directory the trained model is saved to.")
     base: Path | None = Field(
         None, description="Checkpoint to fine-tune; default: a fresh small BERT.")
     epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
     batch_size: int = Field(64, ge=1, description="Pairs per optimizer step.")
-    lr: float = Field(5e-4, gt=0, description="Peak learning rate (linear warm-up and decay).")
+    lr: float | None = Field(
+        None, gt=0, description="Peak learning rate (linear warm-up and decay). Default: 5e-4 "
+                                "for a fresh model, 3e-5 when fine-tuning --base.")
+    warmup: float = Field(0.06, ge=0, lt=1, description="Share of the steps spent warming up.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases "
+                                                         "and LayerNorm).")
     eval_fraction: float = Field(0.1, gt=0, lt=0.9, description="Share held out for evaluation.")
+    evals: int = Field(10, ge=1, description="Evaluations on the held-out split during "
+                                             "training (points of the training curve).")
     seed: int = Field(0, description="Seed of the split, the initialisation and the data order.")
     layers: int = Field(4, ge=1, description="Layers of a fresh model.")
-    hidden: int = Field(256, ge=32, description="Hidden size of a fresh model.")
+    hidden: int = Field(128, ge=32, description="Hidden size of a fresh model.")
     heads: int = Field(4, ge=1, description="Attention heads of a fresh model.")
+    intermediate: int | None = Field(
+        None, ge=32, description="Feed-forward size of a fresh model (default: 4 x hidden).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout of a fresh model.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all).")
+    plot: bool = Field(True, description="Write training_curve.png beside the model "
+                                         "(needs matplotlib).")

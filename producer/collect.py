@@ -13,7 +13,8 @@ import time
 import uuid
 from typing import Any, Callable
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException,
+                             TopicPartition)
 from tqdm import tqdm
 
 from mgeo import wire
@@ -89,8 +90,13 @@ class Collector:
         return new
 
     def commit(self) -> None:
-        if self._grouped:
+        if not self._grouped:
+            return
+        try:
             self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing read: nothing to commit
+                raise
 
     def close(self) -> None:
         self._consumer.close()
@@ -99,7 +105,7 @@ class Collector:
 def run(s: CollectSettings) -> int:
     """`mgeo collect`."""
     try:
-        collector = Collector(s.client_config("consumer"), s.output_topic, s.group_id,
+        collector = Collector(s.client_config("consumer"), s.output_topic, s.collect_group_id,
                               s.from_beginning)
     except (RuntimeError, ValueError) as exc:
         print(f"mgeo collect: {exc}", file=sys.stderr)

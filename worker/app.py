@@ -25,6 +25,13 @@ def run(s: WorkerSettings) -> int:
              engine.model_name, engine.device, engine.precision, engine.labels,
              " + ".join(engine.positive), engine.token_budget)
     processor = StreamProcessor(s, Scorer(engine))
+    server = None
+    if s.metrics_port is not None:
+        from worker.metrics import HealthServer, Metrics
+
+        metrics = Metrics(processor.stats, engine.stats, lambda: processor.tracker.inflight)
+        processor.observer = metrics
+        server = HealthServer(metrics, s.metrics_port, s.liveness_timeout).start()
 
     signals = {"n": 0}
 
@@ -39,4 +46,8 @@ def run(s: WorkerSettings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    return processor.run()
+    try:
+        return processor.run()
+    finally:
+        if server is not None:
+            server.stop()

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -41,6 +41,14 @@ class Origin:
     key: bytes | None
     headers: list | None
     timestamp_ms: int
+
+
+class Observer(Protocol):
+    """What the loop reports as it goes (metrics plug in here); every method is optional."""
+
+    def batch(self, pairs: int, seconds: float) -> None: ...
+    def answered(self, timestamp_ms: int) -> None: ...
+    def librdkafka_stats(self, raw: str) -> None: ...
 
 
 class Stats:
@@ -85,12 +93,12 @@ class _RateLimitedLog:
 
 class StreamProcessor:
     def __init__(self, settings: WorkerSettings, scorer: Scorer,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 observer: Observer | None = None):
         self.s = settings
         self.scorer = scorer
         self.stats = Stats()
         self.tracker = OffsetTracker()
-        self._on_batch = on_batch
+        self.observer = observer
         self._work: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         self._retry: list[tuple[str, Origin, bytes, list | None]] = []
@@ -121,6 +129,9 @@ class StreamProcessor:
             "queued.max.messages.kbytes": 16384,
             "error_cb": self._client_error,
         }
+        if self.observer is not None and self.s.stats_interval_ms:
+            conf["statistics.interval.ms"] = self.s.stats_interval_ms
+            conf["stats_cb"] = self.observer.librdkafka_stats
         conf.update(self.s.client_config("consumer"))
         return conf
 
@@ -164,7 +175,6 @@ class StreamProcessor:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         infer = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         infer.start()
-        self.stats.ready = True
         try:
             while not self._stop.is_set():
                 self._tick()
@@ -236,6 +246,8 @@ class StreamProcessor:
             if err is None:
                 self.tracker.done(origin.tp, origin.offset, origin.gen)
                 self.stats.answered += 1
+                if self.observer is not None:
+                    self.observer.answered(origin.timestamp_ms)
             else:
                 self.stats.delivery_retries += 1
                 self._ratelog(f"deliver:{topic}", logging.WARNING,
@@ -264,8 +276,8 @@ class StreamProcessor:
             self.stats.batches += 1
             self.stats.scored += len(values)
             self.stats.inference_seconds += seconds
-            if self._on_batch is not None:
-                self._on_batch(len(values), seconds)
+            if self.observer is not None:
+                self.observer.batch(len(values), seconds)
             for origin, value in zip(origins, values):
                 self._produce(self.s.output_topic, origin, value)
 
@@ -347,6 +359,7 @@ class StreamProcessor:
             self._revoking.discard(tp)
         self.stats.rebalances += 1
         self.stats.assignments += 1
+        self.stats.ready = True  # joined the group (an assignment may be empty)
         self.stats.assigned = sorted(set(self.stats.assigned) | set(tps))
         log.info("assigned %d partitions: %s", len(tps), _names(tps))
         if self._paused and partitions:
