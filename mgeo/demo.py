@@ -105,7 +105,7 @@ def run(s: DemoSettings) -> int:
                             TOPICS["input"])
             for pair in pairs:
                 pub.send_pair(pair)
-            report = pub.flush(60)
+            report = pub.close(60)
             _say(f"[4/5] published {report.delivered} pairs from {source}")
             if not report.ok:
                 print("mgeo demo: " + "; ".join(report.errors), file=sys.stderr)
@@ -117,8 +117,8 @@ def run(s: DemoSettings) -> int:
             elapsed = time.monotonic() - t0
             collector.close()
             _stop(worker)
-            n = write_results(s.out, collector.results.values(), collector.labels,
-                              refuse=[source])
+            in_order = [collector.results[p["id"]] for p in pairs if p["id"] in collector.results]
+            n = write_results(s.out, in_order, collector.labels, refuse=[source])
     except BrokerError as exc:
         print(f"mgeo demo: {exc}", file=sys.stderr)
         return 1

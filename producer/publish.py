@@ -48,8 +48,7 @@ class PublishReport:
 
 
 def producer_config(settings: KafkaSettings) -> dict[str, Any]:
-    conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 10,
-                            "compression.type": "none"}
+    conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 10}
     conf.update(settings.client_config("producer"))
     return conf
 
@@ -112,6 +111,12 @@ class Publisher:
                              "broker reachable and the topic there?")
         return self.report
 
+    def close(self, timeout: float = 60.0) -> PublishReport:
+        """Flush, then release the client (its connections close now, not at GC time)."""
+        report = self.flush(timeout)
+        self._producer = None
+        return report
+
 
 def publish_pairs(pairs: Iterable[Pair], bootstrap_servers: str = "127.0.0.1:9092",
                   topic: str = "address-pairs", config: Mapping[str, Any] | None = None,
@@ -122,7 +127,7 @@ def publish_pairs(pairs: Iterable[Pair], bootstrap_servers: str = "127.0.0.1:909
     pub = Publisher(conf, topic)
     for pair in pairs:
         pub.send_pair(pair)
-    return pub.flush(flush_timeout)
+    return pub.close(flush_timeout)
 
 
 def run(s: ProduceSettings) -> int:
