@@ -160,6 +160,20 @@ class WorkerSettings(KafkaSettings, ModelSettings):
     """`mgeo worker`: consume requests, score them, publish results, commit."""
 
     group_id: str = Field("mgeo-workers", description="Consumer group of the worker fleet.")
+    group_instance_id: str | None = Field(
+        None, description="Static membership (group.instance.id), e.g. the pod name of a "
+                          "StatefulSet: a restart within the session timeout keeps its "
+                          "partitions without a rebalance.")
+    group_protocol: Literal["classic", "consumer"] = Field(
+        "classic", description="Consumer group protocol: classic (cooperative-sticky) or "
+                               "consumer (KIP-848, where the broker supports it).")
+    max_dead_letter_ratio: float = Field(
+        0.5, gt=0, le=1,
+        description="Stop the worker when more than this share of the last "
+                    "--dead-letter-window messages had no usable id (a wrong topic or a broken "
+                    "producer), rather than draining a topic into the dead-letter queue.")
+    dead_letter_window: int = Field(
+        1000, ge=10, description="Messages over which the dead-letter share is judged.")
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once",
         description="at-least-once commits offsets after results are delivered; exactly-once "
@@ -272,6 +286,10 @@ class BenchSettings(ModelSettings):
     plot: Path | None = Field(
         Path("bench.png"), description="Where the PNG plot goes (empty to skip).")
     ref_batch: int = Field(32, ge=1, description="Batch size of the reference loop.")
+    rounds: int = Field(
+        1, ge=1, le=20,
+        description="Timed passes of each configuration; the fastest counts (a shared machine "
+                    "only ever slows a pass down).")
 
 
 class ConvertSettings(Base):

@@ -120,3 +120,16 @@ def test_pauses_when_full_and_answers_everything_after(bootstrap, topics):
     assert rc == [0] and proc.stats.answered == 300
     # It stayed in the group the whole time: one assignment, no loss, one revoke at shutdown.
     assert (proc.stats.assignments, proc.stats.losses, proc.stats.revocations) == (1, 0, 1)
+
+
+def test_a_topic_of_garbage_stops_the_worker_instead_of_draining_it(bootstrap, topics):
+    p = Producer({"bootstrap.servers": bootstrap})
+    for i in range(100):
+        p.produce(topics["input"], value=b"<xml>not ours</xml>")
+    assert p.flush(30) == 0
+    proc = StreamProcessor(_settings(bootstrap, topics, dead_letter_window=20,
+                                     max_dead_letter_ratio=0.5), Scorer(RuleEngine()))
+    t, rc = _start(proc)
+    t.join(90)
+    assert rc == [1]
+    assert 10 < proc.stats.dead_letters < 100  # stopped early, did not drain the topic

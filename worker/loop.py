@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +30,10 @@ from worker.offsets import TP, OffsetTracker
 from worker.scoring import EngineFailure, Scorer
 
 log = logging.getLogger("mgeo.worker")
+
+
+class FatalStop(RuntimeError):
+    """A condition under which the worker must stop rather than go on answering."""
 
 
 @dataclass(slots=True)
@@ -110,6 +115,8 @@ class StreamProcessor:
         self._failure: BaseException | None = None
         self._last_commit = time.monotonic()
         self._ratelog = _RateLimitedLog()
+        self._dead = deque(maxlen=settings.dead_letter_window)  # 1 per dead letter, else 0
+        self._dead_count = 0
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
 
@@ -120,8 +127,6 @@ class StreamProcessor:
             "group.id": self.s.group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": self.s.session_timeout_ms,
             "max.poll.interval.ms": self.s.max_poll_interval_ms,
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
@@ -129,6 +134,13 @@ class StreamProcessor:
             "queued.max.messages.kbytes": 16384,
             "error_cb": self._client_error,
         }
+        if self.s.group_protocol == "consumer":  # KIP-848: the broker assigns and times out
+            conf["group.protocol"] = "consumer"
+        else:
+            conf["partition.assignment.strategy"] = "cooperative-sticky"
+            conf["session.timeout.ms"] = self.s.session_timeout_ms
+        if self.s.group_instance_id:
+            conf["group.instance.id"] = self.s.group_instance_id
         if self.observer is not None and self.s.stats_interval_ms:
             conf["statistics.interval.ms"] = self.s.stats_interval_ms
             conf["stats_cb"] = self.observer.librdkafka_stats
@@ -182,7 +194,7 @@ class StreamProcessor:
                     log.info("answered %d messages (--max-messages); stopping",
                              self.stats.answered)
                     break
-        except EngineFailure as exc:
+        except (EngineFailure, FatalStop) as exc:
             self._failure = exc
         finally:
             self._shutdown(infer)
@@ -202,7 +214,7 @@ class StreamProcessor:
             err = msg.error()
             if err is not None:
                 if err.fatal():
-                    raise EngineFailure(f"fatal consumer error: {err.str()}")
+                    raise FatalStop(f"fatal consumer error: {err.str()}")
                 self._ratelog(f"consume:{err.code()}", logging.WARNING,
                               "consumer: %s", err.str())
                 continue
@@ -227,6 +239,7 @@ class StreamProcessor:
         dec = wire.decode_request(msg.value(), max_bytes=self.s.max_request_bytes,
                                   max_chars=self.s.max_address_chars)
         if isinstance(dec, wire.Request):
+            self._judge_dead_letters(False)
             return origin, dec
         if isinstance(dec, wire.Invalid):
             self.stats.error_results += 1
@@ -236,7 +249,20 @@ class StreamProcessor:
             headers = wire.dlq_headers(dec.reason, dec.detail, tp[0], tp[1], msg.offset(),
                                        msg.headers())
             self._produce(self.s.dlq_topic, origin, msg.value(), headers)
+        self._judge_dead_letters(isinstance(dec, wire.DeadLetter))
         return None
+
+    def _judge_dead_letters(self, dead: bool) -> None:
+        if len(self._dead) == self._dead.maxlen:
+            self._dead_count -= self._dead[0]
+        self._dead.append(int(dead))
+        self._dead_count += int(dead)
+        window = self._dead.maxlen
+        if len(self._dead) == window and self._dead_count > self.s.max_dead_letter_ratio * window:
+            raise FatalStop(
+                f"{self._dead_count} of the last {window} messages had no usable id; is "
+                f"--input-topic ({self.s.input_topic}) the right topic? Raise "
+                "--max-dead-letter-ratio to let the worker dead-letter them")
 
     def _produce(self, topic: str, origin: Origin, value: bytes | None,
                  headers: list | None = None) -> None:
