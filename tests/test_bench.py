@@ -1,0 +1,68 @@
+"""`mgeo bench`: a fast smoke run on a tiny model, and the length-faithful pair generator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from mgeo.cli import main  # noqa: E402
+from worker.bench import _builtin_pairs  # noqa: E402
+from worker.model import build_random_model  # noqa: E402
+
+KEYS = {"device", "precision", "pairs", "baseline_pairs_per_s", "engine_pairs_per_s", "ratio",
+        "max_abs_score_diff", "baseline_padding_efficiency", "engine_padding_efficiency",
+        "token_budget", "pair_source", "token_length"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_random_model(tmp_path_factory.mktemp("tiny"), layers=2, hidden=64, heads=2,
+                              intermediate=128)
+
+
+def _bench(tiny, capsys, *extra):
+    code = main(["bench", "--model", str(tiny), "--device", "cpu", "--pairs", "48", "--json",
+                 *extra])
+    assert code == 0
+    return json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+
+
+def test_bench_json_smoke(tiny, tmp_path, capsys):
+    plot = tmp_path / "bench.png"
+    report = _bench(tiny, capsys, "--plot", str(plot))
+    assert KEYS <= report.keys()
+    assert report["device"] == "cpu" and report["precision"] == "fp32"
+    assert report["pairs"] == 48
+    assert report["baseline_pairs_per_s"] > 0 and report["engine_pairs_per_s"] > 0
+    assert report["max_abs_score_diff"] <= 1e-4  # same model, same precision: same scores
+    assert report["label_agreement"] == 1.0
+    # Sorting by length can only remove padding relative to input-order batches.
+    assert report["engine_padding_efficiency"] >= report["baseline_padding_efficiency"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_int8_reports_its_accuracy_cost(tiny, capsys):
+    report = _bench(tiny, capsys, "--precision", "int8", "--plot", "")
+    assert report["precision"] == "int8" and report["reference_precision"] == "fp32"
+    assert 0 < report["max_abs_score_diff"] < 0.05
+
+
+def test_bench_rejects_fp16_on_cpu(tiny, capsys):
+    assert main(["bench", "--model", str(tiny), "--device", "cpu", "--precision", "fp16",
+                 "--pairs", "32", "--plot", ""]) == 2
+    assert "cuda only" in capsys.readouterr().err
+
+
+def test_builtin_generator_follows_the_real_length_distribution():
+    rows = _builtin_pairs(20_000, seed=1)
+    # The char tokenizer makes one token a character; + CLS and two SEPs.
+    lengths = np.array([len(r["addr1"]) + len(r["addr2"]) + 3 for r in rows])
+    p50, p90, p95, p99 = np.percentile(lengths, [50, 90, 95, 99])
+    assert 35 <= lengths.mean() <= 38.5
+    assert abs(p50 - 35) <= 1 and abs(p90 - 52) <= 1.5 and abs(p95 - 57) <= 1.5
+    assert abs(p99 - 67) <= 2 and lengths.max() <= 98
+    assert _builtin_pairs(50, seed=1) == rows[:50]

@@ -1,0 +1,284 @@
+"""The engine on a tiny random BERT: order, dedup, cache, OOM retry, truncation, labels, int8."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mgeo.settings import ModelSettings  # noqa: E402
+from worker import model as model_mod  # noqa: E402
+from worker.engine import Engine, resolve_positive, resolve_precision  # noqa: E402
+from worker.model import build_random_model, load_model  # noqa: E402
+
+CHARS = "北京上海市区路街道号楼栋单元室紫萱栖霞仙林文枢东西南北中山人民解放建设0123456789"
+
+
+def _pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+
+    def addr() -> str:
+        return "".join(rng.choice(CHARS) for _ in range(rng.randint(3, 40)))
+
+    return [(addr(), addr()) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_random_model(tmp_path_factory.mktemp("tiny"), layers=2, hidden=64, heads=2,
+                              intermediate=128, seed=1)
+
+
+def _engine(path, **kw) -> Engine:
+    kw.setdefault("device", "cpu")
+    return Engine.from_settings(ModelSettings(model=path, **kw))
+
+
+def _reference(path, pairs, max_length=128):
+    """MGeo's pipeline, one pair at a time: tokenizer(a, b, truncation=True, max_length)."""
+    tokenizer, model, id2label = load_model(path)
+    out = []
+    with torch.inference_mode():
+        for a, b in pairs:
+            enc = tokenizer(a, b, truncation=True, max_length=max_length, return_tensors="pt")
+            probs = model(**enc).logits.float().softmax(-1)[0].tolist()
+            out.append({id2label[i]: p for i, p in enumerate(probs)})
+    return out
+
+
+def _close(got, want, tol=1e-5):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.probs.keys() == w.keys()
+        assert all(abs(g.probs[k] - w[k]) <= tol for k in w), (g.probs, w)
+
+
+def test_scores_match_the_pipeline_in_input_order(tiny):
+    pairs = _pairs(60)
+    engine = _engine(tiny, token_budget=256)  # several batches, sorted by length
+    got = engine.score(pairs)
+    _close(got, _reference(tiny, pairs))
+    stats = engine.stats()
+    assert stats["batches"] > 3
+    assert stats["scored_pairs"] == 60 and stats["pairs"] == 60
+    assert 0.8 < stats["padding_efficiency"] <= 1.0
+    assert all(abs(sum(s.probs.values()) - 1) < 1e-5 for s in got)
+    assert engine.score([]) == []
+    engine.close()
+
+
+def test_identical_pairs_are_scored_once(tiny):
+    pairs = _pairs(5)
+    batch = [pairs[0], pairs[1], pairs[0], pairs[2], pairs[0], pairs[1]]
+    engine = _engine(tiny)
+    got = engine.score(batch)
+    stats = engine.stats()
+    assert stats["scored_pairs"] == 3 and stats["deduplicated"] == 3
+    assert got[0] is got[2] is got[4] and got[1] is got[5]
+    _close(got, _reference(tiny, batch))
+
+
+def test_lru_cache_counts_hits_and_evicts_the_least_recent(tiny):
+    p = _pairs(4)
+    engine = _engine(tiny, cache_size=2)
+    engine.score([p[0], p[1]])
+    engine.score([p[0], p[2]])  # p0 hit; p1 is now the least recent and is evicted
+    s = engine.stats()
+    assert (s["cache_hits"], s["cache_misses"], s["cache_entries"]) == (1, 3, 2)
+    engine.score([p[1], p[2]])
+    s = engine.stats()
+    assert (s["cache_hits"], s["cache_misses"]) == (2, 4)
+    assert s["scored_pairs"] == 4
+    assert s["cache_hit_rate"] == pytest.approx(2 / 6)
+    no_cache = _engine(tiny)
+    no_cache.score([p[0]])
+    no_cache.score([p[0]])
+    assert no_cache.stats()["scored_pairs"] == 2 and no_cache.stats()["cache_hits"] == 0
+
+
+class FlakyForward:
+    """Wraps the engine's model call; raises the real CUDA OOM type on chosen calls."""
+
+    def __init__(self, engine: Engine, fail_when):
+        self.inner = engine._forward
+        self.fail_when = fail_when
+        self.calls = 0
+        self.scored_rows: list[tuple[int, ...]] = []
+
+    def __call__(self, input_ids, token_type_ids, attention_mask):
+        self.calls += 1
+        if self.fail_when(self.calls, input_ids):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        logits = self.inner(input_ids, token_type_ids, attention_mask)
+        self.scored_rows += [tuple(r[m.bool()].tolist()) for r, m in
+                             zip(input_ids, attention_mask)]
+        return logits
+
+
+def test_oom_retries_the_same_pairs_then_the_budget_recovers(tiny):
+    pairs = _pairs(80, seed=3)
+    engine = Engine(*load_model(tiny), device="cpu", token_budget=2048, grow_after=2,
+                    model_name="tiny")
+    flaky = FlakyForward(engine, lambda call, ids: call in (1, 2))  # two OOMs in a row
+    engine._forward = flaky
+    got = engine.score(pairs)
+
+    _close(got, _reference(tiny, pairs))
+    stats = engine.stats()
+    assert stats["oom_retries"] == 2
+    # Nothing dropped, nothing scored twice: each pair went through the model exactly once.
+    tokenizer = engine.tokenizer
+    want = sorted(tuple(tokenizer(a, b, truncation=True, max_length=128)["input_ids"])
+                  for a, b in pairs)
+    assert sorted(flaky.scored_rows) == want
+    assert stats["scored_pairs"] == 80
+    assert stats["token_budget_max"] == 2048
+    shrunk = stats["token_budget"]
+    assert shrunk < 2048
+    # Enough good batches regrow the budget to, and never past, the start-up value.
+    for seed in range(4, 30):
+        engine.score(_pairs(40, seed=seed))
+        assert engine.token_budget <= 2048
+    assert engine.token_budget == 2048 > shrunk
+
+
+def test_oom_on_a_single_pair_is_a_systemic_failure(tiny):
+    engine = _engine(tiny)
+    engine._forward = FlakyForward(engine, lambda call, ids: True)
+    with pytest.raises(RuntimeError, match="single pair"):
+        engine.score(_pairs(3))
+    assert engine.stats()["oom_retries"] == 2  # halved once, then a lone pair failed
+
+
+def test_truncation_flag(tiny):
+    engine = _engine(tiny, max_length=16)
+    exact = ("一二三四五六", "七八九十一二三")  # 6 + 7 + 3 = 16 tokens: fits exactly
+    long = ("一二三四五六七八九十", "一二三四五六七八九十")
+    short = ("北京", "上海")
+    got = engine.score([exact, long, short])
+    assert [s.truncated for s in got] == [False, True, False]
+    assert engine.stats()["truncated"] == 1
+    _close(got, _reference(tiny, [exact, long, short], max_length=16))
+
+
+def test_positive_label_resolution(tiny):
+    labels = ["not_match", "partial_match", "exact_match"]
+    assert resolve_positive(labels, None) == ["exact_match"]
+    assert resolve_positive(["neg", "pos"], None) == ["pos"]
+    assert resolve_positive(labels, ["partial_match", "exact_match"]) == [
+        "partial_match", "exact_match"]
+    with pytest.raises(ValueError, match="not_match"):
+        resolve_positive(labels, ["match"])
+    engine = _engine(tiny, positive_labels="partial_match,exact_match")
+    assert engine.positive == ["partial_match", "exact_match"]
+    assert engine.labels == labels
+    assert engine.model_name == tiny.name
+
+
+def test_precision_rules():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "fp16"
+    with pytest.raises(ValueError, match="cuda only"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="cpu only"):
+        resolve_precision("int8", "cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match="no GPU"):
+        _engine(tiny, device="cuda")
+
+
+def test_int8_runs_and_stays_close_to_fp32(tiny):
+    pairs = _pairs(20, seed=7)
+    engine = _engine(tiny, precision="int8")
+    assert engine.precision == "int8"
+    assert any("quantized" in type(m).__module__ for m in engine.model.modules())
+    got = engine.score(pairs)
+    _close(got, _reference(tiny, pairs), tol=0.05)
+
+
+def test_default_model_is_built_once_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGEO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(model_mod, "bundled_model_dir", lambda: tmp_path / "empty")
+    first = model_mod.default_model_dir()
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert model_mod.default_model_dir() == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]  # no temp dirs left
+    _, model, id2label = load_model(first)
+    assert id2label == {0: "not_match", 1: "partial_match", 2: "exact_match"}
+    assert model.config.num_hidden_layers == 2
+
+
+def test_load_model_explains_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="mgeo convert"):
+        load_model(tmp_path / "empty")
+
+
+# ---- mgeo score: the engine on files ------------------------------------------------------
+
+def _score_cli(tiny, src, dst, *extra):
+    from mgeo.cli import main
+
+    return main(["score", "--in", str(src), "--out", str(dst), "--model", str(tiny),
+                 "--device", "cpu", "--no-progress", "--chunk-pairs", "2", *extra])
+
+
+def test_score_file_csv_round_trip_with_invalid_rows_and_meta(tiny, tmp_path):
+    import csv
+
+    src = tmp_path / "pairs.csv"
+    src.write_text("id,addr1,addr2,city\n"
+                   "a,紫萱路363号人力社保局,紫萱路363号市人社局,榆林\n"
+                   "b,,栖霞区,南京\n"
+                   "c,栖霞区仙林街道文枢东路2号商住楼4楼,栖霞区文枢东路2号书店,南京\n"
+                   ",北京,上海,x\n"
+                   "d,紫萱路363号人力社保局,紫萱路363号市人社局,\n", encoding="utf-8")
+    dst = tmp_path / "out.csv"
+    assert _score_cli(tiny, src, dst) == 0
+    rows = list(csv.DictReader(dst.open(encoding="utf-8")))
+    assert [r["id"] for r in rows] == ["a", "b", "c", "", "d"]
+    assert [r["error"] for r in rows] == ["", "empty_address", "", "invalid_id", ""]
+    assert [r["city"] for r in rows[:3]] == ["榆林", "南京", "南京"]
+    want = _reference(tiny, [("紫萱路363号人力社保局", "紫萱路363号市人社局"),
+                             ("栖霞区仙林街道文枢东路2号商住楼4楼", "栖霞区文枢东路2号书店")])
+    for row, w in zip([rows[0], rows[2]], want):
+        assert float(row["score"]) == pytest.approx(w["exact_match"], abs=1e-5)
+        assert row["label"] == max(w, key=w.get)
+        assert float(row["prob_not_match"]) == pytest.approx(w["not_match"], abs=1e-5)
+        assert row["truncated"] == "false"
+    assert rows[4]["score"] == rows[0]["score"]
+
+
+def test_score_file_jsonl_round_trip_and_input_is_never_overwritten(tiny, tmp_path):
+    import json
+
+    src = tmp_path / "pairs.jsonl"
+    lines = [{"id": 1, "addr1": "北京市海淀区中关村大街1号", "addr2": "海淀区中关村大街1号",
+              "meta": {"k": [1, 2]}},
+             {"id": "x", "addr1": 5, "addr2": "上海"},
+             {"id": "y", "addr1": "一" * 200, "addr2": "二" * 200}]
+    src.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines)
+                   + "\nnot json\n\n", encoding="utf-8")
+    before = src.read_bytes()
+    dst = tmp_path / "out.jsonl"
+    assert _score_cli(tiny, src, dst) == 0
+    out = [json.loads(x) for x in dst.read_text(encoding="utf-8").splitlines()]
+    assert [o["id"] for o in out] == ["1", "x", "y", None]
+    assert out[0]["meta"] == {"k": [1, 2]} and set(out[0]["probs"]) == {
+        "not_match", "partial_match", "exact_match"}
+    assert out[0]["score"] == pytest.approx(out[0]["probs"]["exact_match"])
+    assert out[1]["error"]["code"] == "invalid_type"
+    assert out[2]["truncated"] is True and "error" not in out[2]
+    assert out[3]["error"]["code"] == "not_json" and out[3]["line"] == 4
+    assert _score_cli(tiny, src, src) == 2
+    assert src.read_bytes() == before
+    assert _score_cli(tiny, src, tmp_path / "out.txt") == 2
+    assert not list(tmp_path.glob(".*.tmp"))
