@@ -1,0 +1,521 @@
+"""The Helm chart, rendered by Helm's own engine and checked against Kubernetes' schemas.
+
+helm-python-sdk binds Helm's Go SDK (no helm binary, no cluster, no network): `render` runs the
+same template engine and values.schema.json validation as `helm install`. kubernetes-validate
+checks every built-in kind against the bundled OpenAPI schemas in strict mode (unknown fields
+fail); the CRDs (KEDA's ScaledObject, the Prometheus operator's ServiceMonitor) have no bundled
+schema, so their fields are checked one by one below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from mgeo.settings import WorkerSettings, read_properties
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "mgeo-worker"
+K8S_VERSION = "1.33"
+CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+RELEASE, NAMESPACE = "scorer", "scoring"
+GPU = "nvidia.com/gpu"
+
+SCENARIOS = {
+    "default": {},
+    "keda": {"autoscaling": {"mode": "keda", "minReplicas": 0, "maxReplicas": 8,
+                             "keda": {"lagThreshold": 2500, "activationLagThreshold": 50,
+                                      "authenticationRef": "kafka-sasl",
+                                      "extraMetadata": {"sasl": "scram_sha512", "tls": "enable"},
+                                      "fallbackReplicas": 2}}},
+    "hpa": {"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 6}},
+    "none": {"autoscaling": {"mode": "none"}, "replicaCount": 3},
+    "cpu": {"gpu": {"enabled": False}, "worker": {"precision": "int8"},
+            "resources": {"requests": {"cpu": "4", "memory": "4Gi"}}},
+    "everything": {
+        "kafka": {"bootstrapServers": "broker-0.kafka:9093,broker-1.kafka:9093",
+                  "partitions": 24,
+                  "properties": {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                                 "sasl.username": "mgeo", "sasl.password": "s3cret=x"}},
+        "worker": {"delivery": "exactly-once", "tokenBudget": 16384, "sessionTimeoutMs": 45000,
+                   "logFormat": "text",
+                   "settings": {"cache_size": 100000, "threads": 4, "max_inflight": 30000,
+                                "positive_labels": ["exact_match", "partial_match"],
+                                "consumer_config": {"fetch.max.bytes": "1048576"}}},
+        "model": {"source": "pvc", "pvc": {"claimName": "mgeo-model", "subPath": "v1.2"}},
+        "gpu": {"count": 2},
+        "autoscaling": {"maxReplicas": 24},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                                "labelSelector": {"matchLabels": {
+                                                    "app.kubernetes.io/name": "mgeo-worker"}}}}]}},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu",
+                         "effect": "NoSchedule"}],
+        "extraEnv": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+        "priorityClassName": "batch-high",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render_raw(chart, values: dict | None = None) -> dict[str, str]:
+    return chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE)
+
+
+def render(chart, values: dict | None = None) -> list[dict]:
+    docs = []
+    for path, text in render_raw(chart, values).items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container(docs: list[dict]) -> dict:
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def config(docs: list[dict]) -> dict[str, str]:
+    return one(docs, "ConfigMap")["data"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# ---- Helm's own checks ------------------------------------------------------------------------
+
+def test_lint_is_clean():
+    for values in SCENARIOS.values():
+        report = helm.lint(CHART, values or None, strict=True)
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_manifests_validate_against_kubernetes_schemas(chart, scenario):
+    docs = render(chart, SCENARIOS[scenario])
+    checked = set()
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {where}: {exc.message}")
+        checked.add(doc["kind"])
+    assert {"Deployment", "ConfigMap", "ServiceAccount", "PodDisruptionBudget",
+            "Service"} <= checked
+
+
+def test_bundled_kubernetes_schemas_include_the_version():
+    assert K8S_VERSION in {".".join(v.split(".")[:2])
+                           for v in kubernetes_validate.utils.all_versions()}
+
+
+# ---- the worker Deployment --------------------------------------------------------------------
+
+def test_deployment_runs_mgeo_worker_with_probes_and_gpu(chart):
+    docs = render(chart)
+    c = container(docs)
+    assert c["command"] + c["args"] == ["mgeo", "worker"]
+    port = int(config(docs)["MGEO_METRICS_PORT"])
+    assert c["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert c["resources"]["limits"][GPU] == 1
+    assert config(docs)["MGEO_DEVICE"] == "cuda"
+
+    probes = {kind: c[f"{kind}Probe"] for kind in ("startup", "liveness", "readiness")}
+    assert probes["startup"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert probes["liveness"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert probes["readiness"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    startup_budget = probes["startup"]["periodSeconds"] * probes["startup"]["failureThreshold"]
+    assert startup_budget >= 300, "model load and GPU warm-up need minutes, not seconds"
+
+
+def test_grace_period_outlasts_the_drain(chart):
+    docs = render(chart)
+    grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > float(config(docs)["MGEO_SHUTDOWN_TIMEOUT"])
+    assert grace == 90
+
+    docs = render(chart, {"worker": {"shutdownTimeout": 120.5}})
+    grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert config(docs)["MGEO_SHUTDOWN_TIMEOUT"] == "120.5"
+    assert grace == 151
+
+    docs = render(chart, {"terminationGracePeriodSeconds": 200})
+    assert one(docs, "Deployment")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"] == 200
+
+
+def test_pods_run_unprivileged_on_a_read_only_root(chart):
+    docs = render(chart)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    # The writable places are emptyDirs: /tmp and the Hugging Face / Triton cache.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    for path in ("/tmp", env["HF_HOME"].rsplit("/", 1)[0]):
+        assert "emptyDir" in volumes[mounts[path]], path
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_config_change_rolls_the_pods(chart):
+    def checksums(values):
+        meta = one(render(chart, values), "Deployment")["spec"]["template"]["metadata"]
+        return {k: v for k, v in meta["annotations"].items() if k.startswith("checksum/")}
+
+    base = checksums({})
+    assert re.fullmatch(r"[0-9a-f]{64}", base["checksum/config"])
+    assert checksums({"worker": {"delivery": "exactly-once"}}) != base
+    assert checksums({"podAnnotations": {"team": "geo"}}) == base
+    props = {"kafka": {"properties": {"sasl.password": "one"}}}
+    rotated = {"kafka": {"properties": {"sasl.password": "two"}}}
+    assert checksums(props)["checksum/secret"] != checksums(rotated)["checksum/secret"]
+
+
+def test_gpu_off_runs_on_cpu(chart):
+    docs = render(chart, SCENARIOS["cpu"])
+    c = container(docs)
+    assert GPU not in c["resources"].get("limits", {})
+    assert config(docs)["MGEO_DEVICE"] == "cpu"
+    tolerations = one(docs, "Deployment")["spec"]["template"]["spec"].get("tolerations", [])
+    assert all(t.get("key") != GPU for t in tolerations)
+
+
+def test_gpu_count_placement_and_user_tolerations(chart):
+    docs = render(chart, SCENARIOS["everything"])
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs)
+    assert c["resources"]["limits"][GPU] == 2
+    assert pod["nodeSelector"] == SCENARIOS["everything"]["nodeSelector"]
+    assert pod["affinity"] == SCENARIOS["everything"]["affinity"]
+    keys = [t["key"] for t in pod["tolerations"]]
+    assert keys == ["dedicated", GPU]
+    assert {"name": "NCCL_DEBUG", "value": "WARN"} in c["env"]
+
+
+# ---- autoscaling ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scenario,kind", [("default", "ScaledObject"), ("keda", "ScaledObject"),
+                                           ("hpa", "HorizontalPodAutoscaler"), ("none", None)])
+def test_one_scaler_per_mode_and_replicas_only_without_one(chart, scenario, kind):
+    docs = render(chart, SCENARIOS[scenario])
+    deployment = one(docs, "Deployment")
+    scalers = of_kind(docs, "ScaledObject") + of_kind(docs, "HorizontalPodAutoscaler")
+    if kind is None:
+        assert scalers == []
+        assert deployment["spec"]["replicas"] == SCENARIOS[scenario]["replicaCount"]
+    else:
+        assert [s["kind"] for s in scalers] == [kind]
+        assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+
+
+def test_keda_scales_on_the_workers_consumer_lag(chart):
+    docs = render(chart, SCENARIOS["keda"])
+    so = one(docs, "ScaledObject")
+    cfg = config(docs)
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    assert so["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
+    assert so["spec"]["minReplicaCount"] == 0
+    assert so["spec"]["maxReplicaCount"] == 8
+    assert so["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 2}
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata is map[string]string"
+    assert meta["bootstrapServers"] == cfg["MGEO_BOOTSTRAP_SERVERS"]
+    assert meta["consumerGroup"] == cfg["MGEO_GROUP_ID"] == "mgeo-workers"
+    assert meta["topic"] == cfg["MGEO_INPUT_TOPIC"] == "address-pairs"
+    assert meta["lagThreshold"] == "2500"
+    assert meta["activationLagThreshold"] == "50"
+    assert meta["offsetResetPolicy"] == "earliest"  # the worker's auto.offset.reset
+    assert meta["allowIdleConsumers"] == "false"
+    assert meta["sasl"] == "scram_sha512" and meta["tls"] == "enable"
+    assert trigger["authenticationRef"] == {"name": "kafka-sasl"}
+    behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+
+
+def test_default_max_replicas_fit_the_partitions(chart):
+    so = one(render(chart), "ScaledObject")
+    values = chart.values
+    assert so["spec"]["maxReplicaCount"] <= values["kafka"]["partitions"]
+
+
+def test_large_numbers_render_as_integers(chart):
+    docs = render(chart, {"autoscaling": {"keda": {"lagThreshold": 5_000_000}},
+                          "worker": {"settings": {"cache_size": 2_000_000}}})
+    assert one(docs, "ScaledObject")["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "5000000"
+    assert config(docs)["MGEO_CACHE_SIZE"] == "2000000"
+
+
+def test_hpa_is_autoscaling_v2(chart):
+    docs = render(chart, SCENARIOS["hpa"])
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
+    external = [{"type": "External", "external": {
+        "metric": {"name": "mgeo_consumer_lag_total"},
+        "target": {"type": "AverageValue", "averageValue": "10000"}}}]
+    docs = render(chart, {"autoscaling": {"mode": "hpa", "hpa": {"metrics": external}}})
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"] == external
+
+
+# ---- disruption budget, metrics -----------------------------------------------------------------
+
+def test_pdb_service_and_servicemonitor_select_the_workers(chart):
+    docs = render(chart, SCENARIOS["everything"])
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+
+    service = one(docs, "Service")
+    assert selects(service["spec"]["selector"], pod_labels)
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "metrics" and port["targetPort"] == "metrics"
+
+    sm = one(docs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert selects(sm["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+
+
+def test_optional_objects_can_be_turned_off(chart):
+    docs = render(chart, {"podDisruptionBudget": {"enabled": False},
+                          "metrics": {"service": {"enabled": False}},
+                          "serviceAccount": {"create": False}})
+    kinds = {d["kind"] for d in docs}
+    assert kinds.isdisjoint({"PodDisruptionBudget", "Service", "ServiceMonitor",
+                             "ServiceAccount"})
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "default"
+
+
+# ---- configuration: ConfigMap, Secret, model ----------------------------------------------------
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_configmap_holds_only_real_worker_settings(chart, scenario, monkeypatch):
+    docs = render(chart, SCENARIOS[scenario])
+    data = config(docs)
+    fields = set(WorkerSettings.model_fields)
+    for key in data:
+        assert key.startswith("MGEO_") and key[5:].lower() in fields, \
+            f"{key} is not a field of WorkerSettings: the worker would ignore it"
+    # And the worker accepts every value: build its settings from exactly this environment.
+    for name in [k for k in os.environ if k.upper().startswith("MGEO_")]:
+        monkeypatch.delenv(name)
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    s = WorkerSettings()
+    assert s.bootstrap_servers == data["MGEO_BOOTSTRAP_SERVERS"]
+    assert s.metrics_port == int(data["MGEO_METRICS_PORT"])
+    assert s.delivery == data["MGEO_DELIVERY"]
+    if scenario == "everything":
+        assert s.positive_labels == ["exact_match", "partial_match"]
+        assert s.consumer_config == {"fetch.max.bytes": "1048576"}
+        assert (s.cache_size, s.threads, s.token_budget) == (100000, 4, 16384)
+
+
+def test_kafka_properties_secret_is_the_file_the_worker_reads(chart, tmp_path):
+    docs = render(chart, SCENARIOS["everything"])
+    secret = one(docs, "Secret")
+    (key, text), = secret["stringData"].items()
+    (tmp_path / key).write_text(text)
+    assert read_properties(tmp_path / key) == SCENARIOS["everything"]["kafka"]["properties"]
+    # Credentials stay out of the ConfigMap.
+    assert "s3cret" not in yaml.safe_dump(config(docs))
+
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mount = next(m for m in container(docs)["volumeMounts"] if m["name"] == "kafka-config")
+    volume = next(v for v in pod["volumes"] if v["name"] == "kafka-config")
+    assert mount["readOnly"] is True
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    (item,) = volume["secret"]["items"]
+    assert config(docs)["MGEO_KAFKA_CONFIG_FILE"] == f"{mount['mountPath']}/{item['path']}"
+    assert item["key"] == key
+
+
+def test_existing_secret_is_mounted_not_created(chart):
+    docs = render(chart, {"kafka": {"existingSecret": "kafka-client", "secretKey": "client.properties"}})
+    assert of_kind(docs, "Secret") == []
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "kafka-config")
+    assert volume["secret"]["secretName"] == "kafka-client"
+    assert config(docs)["MGEO_KAFKA_CONFIG_FILE"].endswith("/client.properties")
+    assert "checksum/secret" not in one(docs, "Deployment")["spec"]["template"]["metadata"][
+        "annotations"]
+
+
+def test_no_kafka_secret_by_default(chart):
+    docs = render(chart)
+    assert of_kind(docs, "Secret") == []
+    assert "MGEO_KAFKA_CONFIG_FILE" not in config(docs)
+
+
+@pytest.mark.parametrize("source", ["image", "pvc", "hostPath", "bundled"])
+def test_model_sources(chart, source):
+    values = {"model": {"source": source, "pvc": {"claimName": "mgeo-model"},
+                        "hostPath": {"path": "/srv/models/mgeo"}}}
+    docs = render(chart, values)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    cfg = config(docs)
+    if source == "bundled":
+        assert "MGEO_MODEL" not in cfg
+        notes = render_raw(chart, values)["mgeo-worker/templates/NOTES.txt"]
+        assert "WARNING" in notes
+    else:
+        assert cfg["MGEO_MODEL"] == "/models/mgeo"
+    if source in ("pvc", "hostPath"):
+        assert mounts["model"]["mountPath"] == "/models/mgeo"
+        assert mounts["model"]["readOnly"] is True
+        if source == "pvc":
+            assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "mgeo-model",
+                                                                 "readOnly": True}
+        else:
+            assert volumes["model"]["hostPath"]["path"] == "/srv/models/mgeo"
+    else:
+        assert "model" not in volumes
+
+
+# ---- values that must not install ---------------------------------------------------------------
+
+BAD_VALUES = {
+    "negative replicas": {"replicaCount": -1},
+    "unknown delivery mode": {"worker": {"delivery": "at-most-once"}},
+    "maxReplicas as a string": {"autoscaling": {"maxReplicas": "12"}},
+    "unknown scaling mode": {"autoscaling": {"mode": "vpa"}},
+    "unknown device": {"worker": {"device": "tpu"}},
+    "zero partitions": {"kafka": {"partitions": 0}},
+    "zero lag threshold": {"autoscaling": {"keda": {"lagThreshold": 0}}},
+    "bad offset policy": {"autoscaling": {"keda": {"offsetResetPolicy": "none"}}},
+    "port out of range": {"worker": {"metricsPort": 70000}},
+    "negative shutdown timeout": {"worker": {"shutdownTimeout": -5}},
+    "zero GPUs": {"gpu": {"count": 0}},
+    "relative model path": {"model": {"path": "models/mgeo"}},
+    "unknown model source": {"model": {"source": "s3"}},
+    "setting name not a field name": {"worker": {"settings": {"Cache-Size": 10}}},
+    "typo at the top level": {"replicas": 3},
+    "typo in a section": {"autoscaling": {"maxReplica": 4}},
+}
+
+
+@pytest.mark.parametrize("values", BAD_VALUES.values(), ids=list(BAD_VALUES))
+def test_schema_rejects_bad_values(chart, values):
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(chart.merge_values(values))
+    with pytest.raises(helm.HelmValuesError):
+        render_raw(chart, values)
+
+
+CROSS_FIELD = {
+    "maxReplicas above partitions": ({"autoscaling": {"maxReplicas": 13}}, "kafka.partitions"),
+    "replicaCount above partitions": ({"autoscaling": {"mode": "none"}, "replicaCount": 16},
+                                      "kafka.partitions"),
+    "minReplicas above maxReplicas": ({"autoscaling": {"minReplicas": 6, "maxReplicas": 4}},
+                                      "minReplicas"),
+    "hpa cannot scale to zero": ({"autoscaling": {"mode": "hpa", "minReplicas": 0}}, "keda"),
+    "grace period not above the drain": ({"terminationGracePeriodSeconds": 60},
+                                         "shutdownTimeout"),
+    "pvc without a claim": ({"model": {"source": "pvc"}}, "claimName"),
+    "hostPath without a path": ({"model": {"source": "hostPath"}}, "hostPath.path"),
+    "two kafka secrets": ({"kafka": {"existingSecret": "x", "properties": {"a": "b"}}},
+                          "existingSecret"),
+    "GPU held by a CPU worker": ({"worker": {"device": "cpu"}}, "gpu.enabled"),
+    "cuda without a GPU": ({"gpu": {"enabled": False}, "worker": {"device": "cuda"}},
+                           "gpu.enabled"),
+    "chart-managed setting": ({"worker": {"settings": {"group_id": "other"}}}, "kafka.groupId"),
+}
+
+
+@pytest.mark.parametrize("values,needle", CROSS_FIELD.values(), ids=list(CROSS_FIELD))
+def test_inconsistent_values_fail_with_a_reason(chart, values, needle):
+    chart.validate_schema(chart.merge_values(values))  # the schema alone lets them through
+    with pytest.raises(helm.HelmRenderError, match=re.escape(needle)):
+        render_raw(chart, values)
+
+
+def test_more_partitions_allow_more_replicas(chart):
+    docs = render(chart, {"kafka": {"partitions": 48}, "autoscaling": {"maxReplicas": 48}})
+    assert one(docs, "ScaledObject")["spec"]["maxReplicaCount"] == 48
+
+
+# ---- documentation ------------------------------------------------------------------------------
+
+# Kubernetes objects passed through as a whole get one README row each.
+_DOCUMENTED_WHOLE = {"resources", "behavior", "podSecurityContext", "securityContext",
+                     "updateStrategy", "startup", "liveness", "readiness"}
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in _DOCUMENTED_WHOLE:
+            out |= _leaves(value, path + ".")
+        else:
+            out.add(path)
+    return out
+
+
+def test_readme_documents_every_value(chart):
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\|\s*`([^`]+)`\s*\|", readme, re.M))
+    missing = sorted(_leaves(chart.values) - documented)
+    assert not missing, f"values without a row in the README table: {missing}"
+
+
+def test_schema_covers_every_value(chart):
+    schema = chart.schema
+
+    def walk(values: dict, node: dict, path: str):
+        props = node.get("properties", {})
+        for key, value in values.items():
+            assert key in props, f"{path}{key} is in values.yaml but not in values.schema.json"
+            if isinstance(value, dict) and props[key].get("additionalProperties") is False:
+                walk(value, props[key], f"{path}{key}.")
+
+    walk(chart.values, schema, "")
+    chart.validate_schema(chart.values)
