@@ -177,7 +177,18 @@ class WorkerSettings(KafkaSettings, ModelSettings):
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once",
         description="at-least-once commits offsets after results are delivered; exactly-once "
-                    "writes results and offsets in one Kafka transaction.")
+                    "writes results and offsets in one Kafka transaction (readers must use "
+                    "isolation.level=read_committed, as `mgeo collect` does).")
+    transactional_id: str | None = Field(
+        None,
+        description="exactly-once: this worker's transactional.id; unique per worker and stable "
+                    "across its restarts (a restart then aborts what the crashed run left "
+                    "open). Default: <group-id>-<hostname>, right for one worker per pod or "
+                    "container; set it when several workers share a host.")
+    transaction_timeout_ms: int = Field(
+        60_000, ge=1000,
+        description="exactly-once: the broker aborts a transaction left open this long by a "
+                    "worker that died and did not come back.")
     consume_batch: int = Field(
         1000, ge=1, le=100_000, description="Most messages taken from the consumer per poll.")
     poll_timeout: float = Field(
@@ -214,6 +225,13 @@ class WorkerSettings(KafkaSettings, ModelSettings):
     stats_interval_ms: int = Field(
         5000, ge=0, description="librdkafka statistics interval feeding the consumer-lag "
                                 "metric (0 turns it off).")
+
+    def transactional_id_or_default(self) -> str:
+        if self.transactional_id:
+            return self.transactional_id
+        import socket
+
+        return f"{self.group_id}-{self.group_instance_id or socket.gethostname()}"
 
 
 class ProduceSettings(KafkaSettings):

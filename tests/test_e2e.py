@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from conftest import ROOT, worker_env
+from conftest import ASSIGNED, ROOT, worker_env
 from mgeo import wire
 from producer.collect import Collector
 
@@ -95,7 +95,7 @@ def test_pipeline_every_id_once_and_offsets_committed(bootstrap, topics, tiny_mo
 
     # A second start reprocesses nothing: only the new sentinels (one a partition) get answers.
     worker2 = start_worker(env)
-    worker2.wait_for("assigned", timeout=90)
+    worker2.wait_for(ASSIGNED, timeout=90)
     p = Producer({"bootstrap.servers": bootstrap})
     for part in range(4):
         p.produce(topics["input"], partition=part, key=f"s{part}".encode(),

@@ -133,3 +133,69 @@ def test_a_topic_of_garbage_stops_the_worker_instead_of_draining_it(bootstrap, t
     t.join(90)
     assert rc == [1]
     assert 10 < proc.stats.dead_letters < 100  # stopped early, did not drain the topic
+
+
+def _read_all(bootstrap, topic, isolation, expect) -> list:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "eos-reader",
+                  "isolation.level": isolation, "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(4)])
+    got: list = []
+    for _ in range(60):
+        got += [m for m in c.consume(1000, 0.5) if m.error() is None]
+        if len(got) >= expect:
+            break
+    got += [m for m in c.consume(1000, 1.0) if m.error() is None]  # anything beyond
+    c.close()
+    return got
+
+
+class _AbortOnce(StreamProcessor):
+    """Aborts its first non-empty transaction for real (broker abort, rewind, read again)."""
+
+    aborted_with = 0  # answers in the aborted transaction
+
+    def _commit_transaction(self):
+        if self._in_txn and not self.aborted_with and self.tracker.to_commit():
+            self.producer.flush(10)  # its answers really reach the broker before the abort
+            self.aborted_with = self.stats.answered
+            assert self.aborted_with > 0
+            self._abort_transaction("injected by the test")
+            return
+        super()._commit_transaction()
+
+
+def test_exactly_once_abort_rewinds_and_answers_each_id_once(bootstrap, topics,
+                                                            broker_hides_aborted):
+    n = 300
+    reqs = [(f"r{i}", f"地址{i}", f"地址{i}" if i % 2 else "别处") for i in range(n)]
+    # Early answers (error results, dead letters) wait for the pairs before them in the
+    # transaction, so an abort cannot leave them committed without their offsets.
+    reqs[5] = ("empty", "", "地址")
+    _publish(bootstrap, topics["input"], reqs)
+    junk = Producer({"bootstrap.servers": bootstrap})
+    junk.produce(topics["input"], value=b"not json")
+    assert junk.flush(30) == 0
+    s = _settings(bootstrap, topics, delivery="exactly-once", transactional_id=topics["group"])
+    engine = RuleEngine()
+    engine.gate.clear()  # hold inference until the test's first commit can see answers
+    proc = _AbortOnce(s, Scorer(engine))
+    t, rc = _start(proc)
+    engine.gate.set()
+    results = Collector({"bootstrap.servers": bootstrap}, topics["output"])
+    results.collect(n, timeout=60)
+    assert set(results.results) == {rid for rid, _, _ in reqs}
+    assert proc.aborted_with > 0 and proc.stats.aborts == 1
+    # The aborted answers reached the broker: a read_uncommitted reader sees them and the
+    # answers again. A read_committed reader sees each id once, where the broker filters
+    # aborted transactions (Kafka does; Tansu 0.6 does not, see conftest.broker_hides_aborted).
+    dirty = _read_all(bootstrap, topics["output"], "read_uncommitted", n + proc.aborted_with)
+    assert len(dirty) == n + proc.aborted_with
+    clean = _read_all(bootstrap, topics["output"], "read_committed", n)
+    assert len(clean) == (n if broker_hides_aborted else n + proc.aborted_with)
+    assert results.messages == len(clean)
+    dead = _read_all(bootstrap, topics["dlq"], "read_committed", 1)
+    assert [m.value() for m in dead] == [b"not json"]
+    assert _committed_total(bootstrap, topics["group"], topics["input"]) == n + 1
+    proc.stop()
+    t.join(60)
+    assert rc == [0]

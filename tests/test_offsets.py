@@ -43,3 +43,33 @@ def test_release_forgets_inflight():
     assert tr.inflight == 2
     tr.release(TP)
     assert tr.inflight == 1 and tr.partitions() == [("t", 1)]
+
+
+def test_done_returns_the_offsets_it_completes_in_order():
+    t = OffsetTracker()
+    gen = t.assign(("in", 0))
+    for off in (10, 11, 12):
+        t.add(("in", 0), off)
+    assert t.done(("in", 0), 12, gen) == []  # waits for 10 and 11
+    assert t.done(("in", 0), 10, gen) == [10]
+    assert t.done(("in", 0), 11, gen) == [11, 12]
+    assert t.done(("in", 0), 11, gen - 1) == []  # a stale generation completes nothing
+
+
+def test_rewind_goes_back_to_the_last_commit_and_drops_the_rest():
+    t = OffsetTracker()
+    tp = ("in", 0)
+    gen = t.assign(tp)
+    for off in range(5, 10):
+        t.add(tp, off)
+    assert t.rewind(tp) == 5  # nothing committed yet: back to the first offset read
+    assert t.inflight == 0 and not t.current(tp, gen)
+    gen = t.generation(tp)
+    for off in range(5, 10):
+        assert t.add(tp, off) == gen
+    t.done(tp, 5, gen)
+    t.done(tp, 6, gen)
+    t.committed(t.to_commit())
+    t.done(tp, 7, gen)
+    assert t.rewind(tp) == 7  # the committed position, not the answered-but-uncommitted 8
+    assert t.to_commit() == {} and t.inflight == 0

@@ -29,7 +29,8 @@ def run(s: WorkerSettings) -> int:
     if s.metrics_port is not None:
         from worker.metrics import HealthServer, Metrics
 
-        metrics = Metrics(processor.stats, engine.stats, lambda: processor.tracker.inflight)
+        metrics = Metrics(processor.stats, engine.stats, lambda: processor.tracker.inflight,
+                          engine=engine)
         processor.observer = metrics
         server = HealthServer(metrics, s.metrics_port, s.liveness_timeout).start()
 

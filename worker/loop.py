@@ -9,6 +9,14 @@ only once the answers of it and of every offset before it are confirmed delivere
 it again), work under way is finished, delivered and committed before the partitions go. On lost,
 nothing is committed.
 
+With `--delivery exactly-once` the answers and the input offsets they complete are written in one
+Kafka transaction (KIP-447: `send_offsets_to_transaction` with the consumer's group metadata), so
+a `read_committed` reader sees each answer once, crashes included. Answers enter the transaction
+in input-offset order per partition (an early error result waits for the pairs before it), so
+a transaction never holds an answer whose offset it does not also commit. A failed transaction is
+aborted and its partitions are rewound to their committed offsets and read again; a fenced
+producer (another worker took over its transactional id) stops the worker.
+
 This module knows nothing of torch: inference is a `Scorer` (see worker/scoring.py).
 """
 
@@ -30,6 +38,7 @@ from worker.offsets import TP, OffsetTracker
 from worker.scoring import EngineFailure, Scorer
 
 log = logging.getLogger("mgeo.worker")
+kafka_log = logging.getLogger("mgeo.kafka")
 
 
 class FatalStop(RuntimeError):
@@ -66,7 +75,8 @@ class Stats:
         self.dead_letters = 0
         self.answered = 0          # answers confirmed delivered
         self.delivery_retries = 0
-        self.commits = 0
+        self.commits = 0           # offset commits (exactly-once: committed transactions)
+        self.aborts = 0            # aborted transactions (exactly-once)
         self.rebalances = 0        # assignment, revocation and loss events
         self.assignments = 0
         self.revocations = 0
@@ -113,12 +123,18 @@ class StreamProcessor:
         self._busy: frozenset[TP] = frozenset()   # partitions of the batch under inference
         self._revoking: set[TP] = set()
         self._failure: BaseException | None = None
+        self._deadline: float | None = None  # set when stopping: bounds the whole drain
         self._last_commit = time.monotonic()
         self._ratelog = _RateLimitedLog()
         self._dead = deque(maxlen=settings.dead_letter_window)  # 1 per dead letter, else 0
         self._dead_count = 0
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.eos = settings.delivery == "exactly-once"
+        self._held: dict[tuple[TP, int], tuple[str, Origin, bytes | None, list | None]] = {}
+        self._txn = 0                 # number of the open (or next) transaction
+        self._in_txn = False
+        self._txn_error: str | None = None  # a delivery of the open transaction failed
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -130,6 +146,7 @@ class StreamProcessor:
             "max.poll.interval.ms": self.s.max_poll_interval_ms,
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
+            "logger": kafka_log,  # librdkafka's own lines (disconnects...) in our log format
             # A GPU host should not hold gigabytes of prefetched messages.
             "queued.max.messages.kbytes": 16384,
             "error_cb": self._client_error,
@@ -149,7 +166,10 @@ class StreamProcessor:
 
     def producer_config(self) -> dict[str, Any]:
         conf: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                                "error_cb": self._client_error}
+                                "error_cb": self._client_error, "logger": kafka_log}
+        if self.eos:
+            conf["transactional.id"] = self.s.transactional_id_or_default()
+            conf["transaction.timeout.ms"] = self.s.transaction_timeout_ms
         conf.update(self.s.client_config("producer"))
         return conf
 
@@ -183,6 +203,13 @@ class StreamProcessor:
         log.debug("consumer config %s", redact({k: str(v) for k, v in cconf.items()}))
         self.consumer = Consumer(cconf)
         self.producer = Producer(pconf)
+        if self.eos:
+            try:
+                self._init_transactions(pconf["transactional.id"])
+            except FatalStop as exc:
+                log.error("%s", exc)
+                self.consumer.close()
+                return 1
         self.consumer.subscribe([self.s.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         infer = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
@@ -266,14 +293,35 @@ class StreamProcessor:
 
     def _produce(self, topic: str, origin: Origin, value: bytes | None,
                  headers: list | None = None) -> None:
+        """Answer the message at `origin`: at once (at-least-once), or into the open transaction
+        in offset order (exactly-once)."""
         hdrs = headers if headers is not None else origin.headers
+        if not self.eos:
+            self._send(topic, origin, value, hdrs)
+            return
+        if not self.tracker.current(origin.tp, origin.gen):
+            return  # its partition was revoked or rewound: the input is read again
+        self._held[(origin.tp, origin.offset)] = (topic, origin, value, hdrs)
+        for offset in self.tracker.done(origin.tp, origin.offset, origin.gen):
+            self._send(*self._held.pop((origin.tp, offset)))
+
+    def _send(self, topic: str, origin: Origin, value: bytes | None,
+              hdrs: list | None) -> None:
+        if self.eos and not self._in_txn:
+            self.producer.begin_transaction()
+            self._in_txn = True
+        txn = self._txn
 
         def delivered(err, _msg, origin=origin, topic=topic, value=value, hdrs=hdrs):
             if err is None:
-                self.tracker.done(origin.tp, origin.offset, origin.gen)
+                if not self.eos:
+                    self.tracker.done(origin.tp, origin.offset, origin.gen)
                 self.stats.answered += 1
                 if self.observer is not None:
                     self.observer.answered(origin.timestamp_ms)
+            elif self.eos:
+                if txn == self._txn and self._txn_error is None:  # else: an aborted one's
+                    self._txn_error = f"could not deliver to {topic}: {err.str()}"
             else:
                 self.stats.delivery_retries += 1
                 self._ratelog(f"deliver:{topic}", logging.WARNING,
@@ -298,9 +346,10 @@ class StreamProcessor:
                 return
             if isinstance(item, BaseException):
                 raise item
-            origins, values, seconds = item
+            origins, values, seconds, failed = item
             self.stats.batches += 1
-            self.stats.scored += len(values)
+            self.stats.scored += len(values) - failed
+            self.stats.error_results += failed  # scoring_failed answers
             self.stats.inference_seconds += seconds
             if self.observer is not None:
                 self.observer.batch(len(values), seconds)
@@ -316,6 +365,9 @@ class StreamProcessor:
                 self._produce(topic, origin, value, hdrs)
 
     def _commit(self, tps: list[TP] | None = None) -> None:
+        if self.eos:
+            self._commit_transaction()
+            return
         self._last_commit = time.monotonic()
         positions = self.tracker.to_commit(tps)
         if not positions:
@@ -328,6 +380,10 @@ class StreamProcessor:
                           exc.args[0].str())
             return
         ok = {(tp.topic, tp.partition): tp.offset for tp in result or offsets if tp.error is None}
+        for tp in result or []:
+            if tp.error is not None:
+                self._ratelog("commit", logging.WARNING, "commit of %s[%d] failed: %s (will "
+                              "retry)", tp.topic, tp.partition, tp.error.str())
         self.tracker.committed({tp: pos for tp, pos in positions.items() if tp in ok})
         self.stats.commits += 1
 
@@ -341,6 +397,115 @@ class StreamProcessor:
             self._paused = False
             self.consumer.resume(self.consumer.assignment())
             log.info("%d requests in flight: resuming consumption", inflight)
+
+    # -- exactly-once ------------------------------------------------------------------------
+
+    def _txn_deadline(self) -> float:
+        # Retrying a commit blocks the loop; stay well inside max.poll.interval.ms, and inside
+        # the drain's deadline when stopping.
+        limit = time.monotonic() + min(self.s.shutdown_timeout, self.s.max_poll_interval_ms / 2000)
+        return min(limit, self._deadline) if self._deadline else limit
+
+    def _init_transactions(self, tid: str) -> None:
+        deadline = self._txn_deadline()
+        while True:
+            try:
+                self.producer.init_transactions(10)
+                log.info("exactly-once: transactional id %s ready", tid)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and time.monotonic() < deadline and not self._stop.is_set():
+                    self._ratelog("init_txn", logging.WARNING,
+                                  "exactly-once: cannot initialise transactions yet (%s); "
+                                  "retrying", err.str())
+                    continue
+                raise FatalStop(f"exactly-once: cannot initialise transactional id {tid}: "
+                                f"{err.str()}. Check that the broker supports transactions and "
+                                "that the client may write them (ACL TransactionalId)") from None
+
+    def _commit_transaction(self) -> None:
+        self._last_commit = time.monotonic()
+        if self._txn_error is not None:
+            self._abort_transaction(self._txn_error)
+            return
+        if not self._in_txn:
+            return
+        positions = self.tracker.to_commit()
+        offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
+        deadline = self._txn_deadline()
+        step = "send_offsets"
+        while True:
+            try:
+                if step == "send_offsets" and offsets:
+                    self.producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), 10)
+                step = "commit"
+                self.producer.commit_transaction(10)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise FatalStop(self._fatal_txn_message(err)) from None
+                if err.txn_requires_abort() or self._txn_error is not None:
+                    self._abort_transaction(self._txn_error or err.str())
+                    return
+                if err.retriable() and time.monotonic() < deadline:
+                    self._ratelog("commit_txn", logging.WARNING,
+                                  "exactly-once: transaction commit not done yet (%s); "
+                                  "retrying", err.str())
+                    continue
+                self._abort_transaction(err.str())
+                return
+        self._in_txn = False
+        self._txn += 1
+        self.tracker.committed(positions)
+        self.stats.commits += 1
+
+    def _abort_transaction(self, reason: str) -> None:
+        """Abort the open transaction and read again every input it answered."""
+        log.warning("exactly-once: aborting the transaction (%s); rewinding to the committed "
+                    "offsets", reason)
+        deadline = self._txn_deadline()
+        while self._in_txn:
+            try:
+                self.producer.abort_transaction(10)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise FatalStop(self._fatal_txn_message(err)) from None
+                if not err.retriable() or time.monotonic() >= deadline:
+                    raise FatalStop(f"exactly-once: cannot abort the transaction: {err.str()}; "
+                                    "stopping (nothing of it was committed)") from None
+        self._in_txn = False
+        self._txn += 1
+        self._txn_error = None
+        self._held.clear()
+        self.stats.aborts += 1
+        for tp in self.tracker.partitions():
+            target = self.tracker.rewind(tp)
+            if target is None:
+                continue
+            try:
+                self.consumer.seek(TopicPartition(tp[0], tp[1], target))
+            except KafkaException as exc:
+                # Reading on past the aborted answers would lose them: stop instead; a restart
+                # reads from the committed offsets.
+                raise FatalStop(f"exactly-once: cannot rewind {tp[0]}[{tp[1]}] to {target} "
+                                f"after an abort: {exc.args[0].str()}") from None
+
+    def _drop_held(self, tps: list[TP]) -> None:
+        """Forget answers that waited for earlier offsets of partitions we no longer own."""
+        gone = set(tps)
+        for key in [k for k in self._held if k[0] in gone]:
+            del self._held[key]
+
+    def _fatal_txn_message(self, err: KafkaError) -> str:
+        return (f"exactly-once: the transactional producer failed fatally: {err.str()}. If it "
+                "was fenced, another worker uses the same transactional id "
+                f"({self.s.transactional_id_or_default()}): give each worker its own "
+                "--transactional-id (e.g. the pod name)")
 
     # -- inference thread --------------------------------------------------------------------
 
@@ -367,9 +532,10 @@ class StreamProcessor:
                 continue
             self._busy = frozenset(o.tp for o, _ in items)
             try:
-                start = time.perf_counter()
+                start, failed = time.perf_counter(), self.scorer.failed_pairs
                 values = self.scorer.score([r for _, r in items])
-                self._done.put(([o for o, _ in items], values, time.perf_counter() - start))
+                self._done.put(([o for o, _ in items], values, time.perf_counter() - start,
+                                self.scorer.failed_pairs - failed))
             except BaseException as exc:  # noqa: BLE001 - handed to the loop, which stops
                 self._done.put(exc)
                 return
@@ -400,16 +566,18 @@ class StreamProcessor:
         self.stats.revocations += 1
         self._revoking.update(tps)
         # Finish the batch under way if it holds these partitions, deliver, commit, let go.
-        deadline = time.monotonic() + self.s.shutdown_timeout
+        deadline = self._deadline or time.monotonic() + self.s.shutdown_timeout
         while self._busy & set(tps) and time.monotonic() < deadline and self._failure is None:
             self._publish_done()
             self.producer.poll(0.05)
         self._publish_done()
         self._publish_retries()
-        self.producer.flush(max(0.0, deadline - time.monotonic()))
-        self._commit(tps)
+        if not self.eos:
+            self.producer.flush(max(0.0, deadline - time.monotonic()))
+        self._commit(tps)  # exactly-once: the whole transaction, every partition's offsets
         for tp in tps:
             self.tracker.release(tp)
+        self._drop_held(tps)
         self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
         log.info("revoked %d partitions: %s (answered work committed)", len(tps), _names(tps))
 
@@ -420,6 +588,15 @@ class StreamProcessor:
         for tp in tps:
             self.tracker.release(tp)
         self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
+        self._drop_held(tps)
+        if self.eos and (self._in_txn or self._txn_error):
+            # The open transaction answers inputs of the lost partitions, whose offsets it can
+            # no longer commit: abort it all, and read the kept partitions' share again.
+            try:
+                self._abort_transaction("partitions lost")
+            except FatalStop as exc:
+                self._failure = exc
+                self._stop.set()
         log.warning("lost %d partitions: %s (nothing committed; their work is read again by "
                     "the new owner)", len(tps), _names(tps))
 
@@ -428,7 +605,7 @@ class StreamProcessor:
     def _shutdown(self, infer: threading.Thread) -> None:
         log.info("stopping: finishing %d requests in flight", self.tracker.inflight)
         self._work.put(None)
-        deadline = time.monotonic() + self.s.shutdown_timeout
+        deadline = self._deadline = time.monotonic() + self.s.shutdown_timeout
         while time.monotonic() < deadline and self._failure is None and not self._hurry.is_set():
             try:
                 self._publish_done()
@@ -442,9 +619,13 @@ class StreamProcessor:
         if self.tracker.inflight:
             log.warning("%d requests unanswered at shutdown; they will be read again",
                         self.tracker.inflight)
-        self.producer.flush(1.0 if self._hurry.is_set() else
-                            max(1.0, deadline - time.monotonic()))
-        self._commit()
+        if not self.eos:  # (a transaction commit flushes by itself)
+            self.producer.flush(1.0 if self._hurry.is_set() else
+                                max(1.0, deadline - time.monotonic()))
+        try:
+            self._commit()
+        except FatalStop as exc:
+            self._failure = self._failure or exc
         self.consumer.close()
         log.info("stopped: %d answered (%d scored, %d error results, %d dead letters)",
                  self.stats.answered, self.stats.scored, self.stats.error_results,

@@ -21,6 +21,7 @@ class _Partition:
     done: set[int] = field(default_factory=set)
     position: int | None = None        # next offset to commit (first not done)
     committed: int | None = None       # what was last committed
+    start: int | None = None           # first offset read in this generation
 
 
 class OffsetTracker:
@@ -55,21 +56,41 @@ class OffsetTracker:
         if part is None:  # a message of a partition we were not told about: track it anyway
             self.assign(tp)
             part = self._parts[tp]
+        if part.start is None:
+            part.start = offset
         part.pending.append(offset)
         self.inflight += 1
         return part.gen
 
-    def done(self, tp: TP, offset: int, gen: int) -> None:
-        """Record an answer as delivered."""
+    def done(self, tp: TP, offset: int, gen: int) -> list[int]:
+        """Record an answer as delivered (at-least-once) or written into the open transaction
+        (exactly-once); returns the offsets this completes, in order: `offset` and any answered
+        ones after it that waited for it. Stale generations complete nothing."""
         part = self._parts.get(tp)
         if part is None or part.gen != gen:
-            return
+            return []
         part.done.add(offset)
+        released = []
         while part.pending and part.pending[0] in part.done:
             off = part.pending.popleft()
             part.done.discard(off)
             part.position = off + 1
             self.inflight -= 1
+            released.append(off)
+        return released
+
+    def rewind(self, tp: TP) -> int | None:
+        """Forget everything read of `tp` since its last commit and start a new generation;
+        returns the offset to read again from (None when nothing was read). Used when an
+        exactly-once transaction is aborted: its answers are gone, so their inputs are redone."""
+        part = self._parts.get(tp)
+        if part is None:
+            return None
+        target = part.committed if part.committed is not None else part.start
+        self.release(tp)
+        gen = self._gens[tp]
+        self._parts[tp] = _Partition(gen, committed=part.committed)
+        return target
 
     def pending(self, tp: TP) -> int:
         part = self._parts.get(tp)
