@@ -182,11 +182,38 @@ def test_workers_run_the_mgeo_worker_command(services):
     assert COMMANDS["worker"][0] == "WorkerSettings"
 
 
-def test_mgeo_worker_help_parses(capsys):
+def help_flags(command: str, capsys) -> set[str]:
+    """The flags `mgeo COMMAND --help` offers."""
     with pytest.raises(SystemExit) as exc:
-        main(["worker", "--help"])
+        main([command, "--help"])
     assert exc.value.code == 0
-    assert "--bootstrap-servers" in capsys.readouterr().out
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", capsys.readouterr().out))
+
+
+def test_mgeo_worker_help_parses(capsys):
+    assert "--bootstrap-servers" in help_flags("worker", capsys)
+
+
+def test_the_tests_drive_the_same_worker_cli():
+    """The suite runs `python -m mgeo.cli worker`; the `mgeo` script is that same main()."""
+    import inspect
+
+    from conftest import WorkerProcess
+
+    assert '"-m", "mgeo.cli", "worker"' in inspect.getsource(WorkerProcess)
+
+
+def test_every_flag_and_variable_is_in_the_commands_help(services, capsys):
+    """Flags passed on a service's command line, and the flag of each MGEO_* variable, are
+    ones `mgeo COMMAND --help` lists."""
+    for name, (command, svc) in mgeo_services(services).items():
+        offered = help_flags(command, capsys)
+        passed = {a.split("=", 1)[0] for a in argv(svc)[2:] if a.startswith("--")}
+        assert passed <= offered, f"{name}: not flags of mgeo {command}: {passed - offered}"
+        for key in env(svc):
+            if key.startswith("MGEO_"):
+                flag = "--" + key[5:].lower().replace("_", "-")
+                assert flag in offered, f"{name}: {key} has no {flag} in mgeo {command} --help"
 
 
 def test_every_mgeo_variable_is_a_setting_the_command_reads(services, monkeypatch):

@@ -3,8 +3,10 @@
 helm-python-sdk binds Helm's Go SDK (no helm binary, no cluster, no network): `render` runs the
 same template engine and values.schema.json validation as `helm install`. kubernetes-validate
 checks every built-in kind against the bundled OpenAPI schemas in strict mode (unknown fields
-fail); the CRDs (KEDA's ScaledObject, the Prometheus operator's ServiceMonitor) have no bundled
-schema, so their fields are checked one by one below.
+fail). The CRDs (KEDA's ScaledObject and TriggerAuthentication, the Prometheus operator's
+ServiceMonitor) have no bundled schema: they are checked against strict schemas written below
+from the projects' documentation (KEDA 2.17, prometheus-operator monitoring.coreos.com/v1), and
+the HPA behavior KEDA passes through is checked against Kubernetes' own HPA schema.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from pathlib import Path
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -23,7 +26,7 @@ from mgeo.settings import WorkerSettings, read_properties
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "mgeo-worker"
 K8S_VERSION = "1.33"
-CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
 RELEASE, NAMESPACE = "scorer", "scoring"
 GPU = "nvidia.com/gpu"
 
@@ -47,10 +50,17 @@ SCENARIOS = {
                    "logFormat": "text",
                    "settings": {"cache_size": 100000, "threads": 4, "max_inflight": 30000,
                                 "positive_labels": ["exact_match", "partial_match"],
-                                "consumer_config": {"fetch.max.bytes": "1048576"}}},
+                                "consumer_config": {"fetch.max.bytes": "1048576"}},
+                   "secretSettings": {"producer_config": {"sasl.oauthbearer.client.secret": "x"}},
+                   "existingSettingsSecret": "mgeo-extra-env"},
         "model": {"source": "pvc", "pvc": {"claimName": "mgeo-model", "subPath": "v1.2"}},
         "gpu": {"count": 2},
-        "autoscaling": {"maxReplicas": 24},
+        "autoscaling": {"maxReplicas": 24, "keda": {
+            "secretTargetRef": [{"parameter": "sasl", "name": "kafka-keda", "key": "sasl"},
+                                {"parameter": "username", "name": "kafka-keda", "key": "user"},
+                                {"parameter": "password", "name": "kafka-keda", "key": "pass"},
+                                {"parameter": "tls", "name": "kafka-keda", "key": "tls"}],
+            "extraMetadata": {"limitToPartitionsWithLag": True}}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
@@ -122,6 +132,8 @@ def test_manifests_validate_against_kubernetes_schemas(chart, scenario):
     checked = set()
     for doc in docs:
         if doc["kind"] in CRD_KINDS:
+            validate_custom_resource(doc)
+            checked.add(doc["kind"])
             continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -131,6 +143,125 @@ def test_manifests_validate_against_kubernetes_schemas(chart, scenario):
         checked.add(doc["kind"])
     assert {"Deployment", "ConfigMap", "ServiceAccount", "PodDisruptionBudget",
             "Service"} <= checked
+
+
+# ---- the custom resources, against schemas written from their documentation ---------------------
+
+_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {"type": "object", "required": ["name"], "additionalProperties": False,
+             "properties": {"name": _NAME, "namespace": _NAME, "labels": _STRINGS,
+                            "annotations": _STRINGS}}
+_COUNT = {"type": "integer", "minimum": 0}
+
+
+def _strict(properties: dict, required: tuple = ()) -> dict:
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": list(required)}
+
+
+def _resource(api_version: str, kind: str, spec: dict) -> dict:
+    return _strict({"apiVersion": {"const": api_version}, "kind": {"const": kind},
+                    "metadata": _METADATA, "spec": spec},
+                   ("apiVersion", "kind", "metadata", "spec"))
+
+
+# KEDA's kafka trigger: every metadata key the scaler documents (values are strings).
+KEDA_KAFKA_METADATA = {
+    "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
+    "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset",
+    "excludePersistentLag", "limitToPartitionsWithLag", "ensureEvenDistributionOfPartitions",
+    "version", "partitionLimitation", "sasl", "saslTokenProvider", "tls", "unsafeSsl",
+    "awsRegion"}
+# ... and every parameter its TriggerAuthentication may supply.
+KEDA_KAFKA_AUTH = {
+    "sasl", "saslTokenProvider", "username", "password", "keytab", "realm", "kerberosConfig",
+    "kerberosServiceName", "kerberosDisableFAST", "oauthTokenEndpointUri", "scopes",
+    "oauthExtensions", "tls", "ca", "cert", "key", "keyPassword", "awsRoleArn", "awsAccessKeyID",
+    "awsSecretAccessKey"}
+_DURATION = {"type": "string",
+             "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?"
+                        r"(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_SELECTOR = _strict({"matchLabels": _STRINGS, "matchExpressions": {"type": "array"}})
+
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): _resource("keda.sh/v1alpha1", "ScaledObject", _strict({
+        "scaleTargetRef": _strict({"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                   "name": _NAME, "envSourceContainerName": {"type": "string"}},
+                                  ("name",)),
+        "pollingInterval": _COUNT, "cooldownPeriod": _COUNT, "initialCooldownPeriod": _COUNT,
+        "idleReplicaCount": _COUNT, "minReplicaCount": _COUNT, "maxReplicaCount": _COUNT,
+        "fallback": _strict({"failureThreshold": _COUNT, "replicas": _COUNT,
+                             "behavior": {"type": "string"}},
+                            ("failureThreshold", "replicas")),
+        "advanced": _strict({"restoreToOriginalReplicaCount": {"type": "boolean"},
+                             "horizontalPodAutoscalerConfig": _strict(
+                                 {"name": {"type": "string"}, "behavior": {"type": "object"}}),
+                             "scalingModifiers": {"type": "object"}}),
+        "triggers": {"type": "array", "minItems": 1, "items": _strict({
+            "type": {"type": "string"}, "name": {"type": "string"},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"},
+                         "propertyNames": {"enum": sorted(KEDA_KAFKA_METADATA)}},
+            "authenticationRef": _strict({"name": _NAME, "kind": {
+                "enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]}}, ("name",)),
+            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+            "useCachedMetrics": {"type": "boolean"}}, ("type", "metadata"))},
+    }, ("scaleTargetRef", "triggers"))),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): _resource(
+        "keda.sh/v1alpha1", "TriggerAuthentication", _strict({
+            "secretTargetRef": {"type": "array", "minItems": 1, "items": _strict({
+                "parameter": {"enum": sorted(KEDA_KAFKA_AUTH)}, "name": _NAME,
+                "key": {"type": "string", "minLength": 1}}, ("parameter", "name", "key"))},
+        }, ("secretTargetRef",))),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _resource(
+        "monitoring.coreos.com/v1", "ServiceMonitor", _strict({
+            "selector": _SELECTOR,
+            "namespaceSelector": _strict({"matchNames": {"type": "array",
+                                                         "items": {"type": "string"}},
+                                          "any": {"type": "boolean"}}),
+            "endpoints": {"type": "array", "minItems": 1, "items": _strict({
+                "port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
+                "scheme": {"enum": ["http", "https"]}, "interval": _DURATION,
+                "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"}})},
+            "jobLabel": {"type": "string"},
+        }, ("selector", "endpoints"))),
+}
+
+
+def validate_custom_resource(doc: dict) -> None:
+    schema = CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])]
+    try:
+        jsonschema.Draft202012Validator(schema).validate(doc)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {where}: {exc.message}")
+    if doc["kind"] == "ScaledObject":
+        # The behavior KEDA hands to its HPA: checked by Kubernetes' own HPA schema.
+        behavior = doc["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get(
+            "behavior")
+        if behavior is not None:
+            hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                   "metadata": {"name": "keda-hpa"},
+                   "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"},
+                            "maxReplicas": 1, "behavior": behavior}}
+            kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+
+
+def test_custom_resource_schemas_catch_mistakes():
+    good = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": "w"},
+            "spec": {"scaleTargetRef": {"name": "w"},
+                     "triggers": [{"type": "kafka", "metadata": {"lagThreshold": "5"}}]}}
+    validate_custom_resource(good)
+    for broken in ({"lagThreshold": 5}, {"lagThresold": "5"}):  # not a string; a typo
+        bad = yaml.safe_load(yaml.safe_dump(good))
+        bad["spec"]["triggers"][0]["metadata"] = broken
+        with pytest.raises(pytest.fail.Exception):
+            validate_custom_resource(bad)
+    bad = yaml.safe_load(yaml.safe_dump(good))
+    bad["spec"]["maxReplicas"] = 3  # the HPA's name, not KEDA's maxReplicaCount
+    with pytest.raises(pytest.fail.Exception):
+        validate_custom_resource(bad)
 
 
 def test_bundled_kubernetes_schemas_include_the_version():
@@ -206,6 +337,10 @@ def test_config_change_rolls_the_pods(chart):
     props = {"kafka": {"properties": {"sasl.password": "one"}}}
     rotated = {"kafka": {"properties": {"sasl.password": "two"}}}
     assert checksums(props)["checksum/secret"] != checksums(rotated)["checksum/secret"]
+    one_key = {"worker": {"secretSettings": {"kafka_config": {"sasl.password": "one"}}}}
+    two_key = {"worker": {"secretSettings": {"kafka_config": {"sasl.password": "two"}}}}
+    assert (checksums(one_key)["checksum/secret-settings"]
+            != checksums(two_key)["checksum/secret-settings"])
 
 
 def test_gpu_off_runs_on_cpu(chart):
@@ -269,6 +404,31 @@ def test_keda_scales_on_the_workers_consumer_lag(chart):
     assert trigger["authenticationRef"] == {"name": "kafka-sasl"}
     behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    assert of_kind(docs, "TriggerAuthentication") == [], "authenticationRef names an existing one"
+
+
+@pytest.mark.parametrize("scenario", ["default", "keda", "everything"])
+def test_keda_trigger_uses_only_documented_metadata(chart, scenario):
+    (trigger,) = one(render(chart, SCENARIOS[scenario]), "ScaledObject")["spec"]["triggers"]
+    assert set(trigger["metadata"]) <= KEDA_KAFKA_METADATA, \
+        set(trigger["metadata"]) - KEDA_KAFKA_METADATA
+    assert {"bootstrapServers", "consumerGroup", "topic", "lagThreshold",
+            "activationLagThreshold", "offsetResetPolicy"} <= set(trigger["metadata"])
+
+
+def test_chart_made_trigger_authentication(chart):
+    docs = render(chart, SCENARIOS["everything"])
+    auth = one(docs, "TriggerAuthentication")
+    (trigger,) = one(docs, "ScaledObject")["spec"]["triggers"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    refs = SCENARIOS["everything"]["autoscaling"]["keda"]["secretTargetRef"]
+    assert auth["spec"]["secretTargetRef"] == refs
+    assert {r["parameter"] for r in refs} <= KEDA_KAFKA_AUTH
+    assert trigger["metadata"]["limitToPartitionsWithLag"] == "true"
+    # Not in the other modes: it would authenticate nothing.
+    values = {**SCENARIOS["everything"], "autoscaling": {
+        "mode": "hpa", "maxReplicas": 24, "keda": {"secretTargetRef": refs}}}
+    assert of_kind(render(chart, values), "TriggerAuthentication") == []
 
 
 def test_default_max_replicas_fit_the_partitions(chart):
@@ -334,19 +494,38 @@ def test_optional_objects_can_be_turned_off(chart):
 
 # ---- configuration: ConfigMap, Secret, model ----------------------------------------------------
 
+def worker_environment(docs: list[dict]) -> dict[str, str]:
+    """Every variable the worker container gets from the chart: the ConfigMap and chart-made
+    Secrets it loads with envFrom, then its own env entries."""
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    env: dict[str, str] = {}
+    for source in container(docs)["envFrom"]:
+        if "configMapRef" in source:
+            env.update(by_name[("ConfigMap", source["configMapRef"]["name"])]["data"])
+        elif ("Secret", source["secretRef"]["name"]) in by_name:  # else: one the user manages
+            env.update(by_name[("Secret", source["secretRef"]["name"])]["stringData"])
+    env.update({e["name"]: e["value"] for e in container(docs)["env"] if "value" in e})
+    return env
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_configmap_holds_only_real_worker_settings(chart, scenario, monkeypatch):
+def test_every_mgeo_variable_is_a_worker_setting(chart, scenario, monkeypatch):
+    """pydantic-settings ignores unknown MGEO_* variables: a misspelt one would do nothing."""
     docs = render(chart, SCENARIOS[scenario])
     data = config(docs)
+    env = worker_environment(docs)
     fields = set(WorkerSettings.model_fields)
     for key in data:
-        assert key.startswith("MGEO_") and key[5:].lower() in fields, \
+        assert key.startswith("MGEO_"), f"ConfigMap key {key} is not a worker setting"
+    for key in [k for k in env if k.startswith("MGEO_")]:
+        assert key[5:].lower() in fields, \
             f"{key} is not a field of WorkerSettings: the worker would ignore it"
     # And the worker accepts every value: build its settings from exactly this environment.
     for name in [k for k in os.environ if k.upper().startswith("MGEO_")]:
         monkeypatch.delenv(name)
-    for key, value in data.items():
-        monkeypatch.setenv(key, value)
+    for key, value in env.items():
+        if key.startswith("MGEO_"):
+            monkeypatch.setenv(key, value)
     s = WorkerSettings()
     assert s.bootstrap_servers == data["MGEO_BOOTSTRAP_SERVERS"]
     assert s.metrics_port == int(data["MGEO_METRICS_PORT"])
@@ -355,11 +534,24 @@ def test_configmap_holds_only_real_worker_settings(chart, scenario, monkeypatch)
         assert s.positive_labels == ["exact_match", "partial_match"]
         assert s.consumer_config == {"fetch.max.bytes": "1048576"}
         assert (s.cache_size, s.threads, s.token_budget) == (100000, 4, 16384)
+        assert s.producer_config == {"sasl.oauthbearer.client.secret": "x"}
+        assert "MGEO_PRODUCER_CONFIG" not in data, "secret settings stay out of the ConfigMap"
+
+
+def test_secret_settings_load_with_envfrom(chart):
+    docs = render(chart, SCENARIOS["everything"])
+    refs = [src["secretRef"]["name"] for src in container(docs)["envFrom"] if "secretRef" in src]
+    made = next(d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == refs[0])
+    assert made["stringData"] == {
+        "MGEO_PRODUCER_CONFIG": '{"sasl.oauthbearer.client.secret":"x"}'}
+    assert refs[1] == "mgeo-extra-env"  # existingSettingsSecret: loaded, not created
+    assert all(d["metadata"]["name"] != "mgeo-extra-env" for d in of_kind(docs, "Secret"))
+    assert [src for src in container(render(chart))["envFrom"] if "secretRef" in src] == []
 
 
 def test_kafka_properties_secret_is_the_file_the_worker_reads(chart, tmp_path):
     docs = render(chart, SCENARIOS["everything"])
-    secret = one(docs, "Secret")
+    (secret,) = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-kafka")]
     (key, text), = secret["stringData"].items()
     (tmp_path / key).write_text(text)
     assert read_properties(tmp_path / key) == SCENARIOS["everything"]["kafka"]["properties"]
@@ -437,8 +629,19 @@ BAD_VALUES = {
     "relative model path": {"model": {"path": "models/mgeo"}},
     "unknown model source": {"model": {"source": "s3"}},
     "setting name not a field name": {"worker": {"settings": {"Cache-Size": 10}}},
+    "misspelt setting": {"worker": {"settings": {"cache_sise": 10}}},
+    "misspelt secret setting": {"worker": {"secretSettings": {"kafka_confg": {"a": "b"}}}},
     "typo at the top level": {"replicas": 3},
     "typo in a section": {"autoscaling": {"maxReplica": 4}},
+    "KEDA metadata KEDA does not know": {"autoscaling": {"keda": {
+        "extraMetadata": {"lagTreshold": "10"}}}},
+    "KEDA metadata the chart sets": {"autoscaling": {"keda": {
+        "extraMetadata": {"allowIdleConsumers": "true"}}}},
+    "KEDA auth parameter KEDA does not know": {"autoscaling": {"keda": {
+        "secretTargetRef": [{"parameter": "user", "name": "s", "key": "k"}]}}},
+    "KEDA auth entry without a key": {"autoscaling": {"keda": {
+        "secretTargetRef": [{"parameter": "username", "name": "s"}]}}},
+    "secret setting name not a field name": {"worker": {"secretSettings": {"SASL": "x"}}},
 }
 
 
@@ -467,6 +670,18 @@ CROSS_FIELD = {
     "cuda without a GPU": ({"gpu": {"enabled": False}, "worker": {"device": "cuda"}},
                            "gpu.enabled"),
     "chart-managed setting": ({"worker": {"settings": {"group_id": "other"}}}, "kafka.groupId"),
+    "chart-managed secret setting": ({"worker": {"secretSettings": {"bootstrap_servers": "x"}}},
+                                     "kafka.bootstrapServers"),
+    "setting given twice": ({"worker": {"settings": {"cache_size": 1},
+                                        "secretSettings": {"cache_size": 2}}}, "both"),
+    "one transactional id for many pods": ({"worker": {"settings": {"transactional_id": "t"}}},
+                                           "fences"),
+    "one static member id for many pods": ({"worker": {"secretSettings": {
+        "group_instance_id": "w"}}}, "fences"),
+    "two KEDA authentications": ({"autoscaling": {"keda": {
+        "authenticationRef": "x",
+        "secretTargetRef": [{"parameter": "username", "name": "s", "key": "k"}]}}},
+        "authenticationRef"),
 }
 
 
@@ -475,6 +690,12 @@ def test_inconsistent_values_fail_with_a_reason(chart, values, needle):
     chart.validate_schema(chart.merge_values(values))  # the schema alone lets them through
     with pytest.raises(helm.HelmRenderError, match=re.escape(needle)):
         render_raw(chart, values)
+
+
+def test_a_fixed_member_id_is_fine_for_a_single_worker(chart):
+    values = {"autoscaling": {"mode": "none"}, "replicaCount": 1,
+              "worker": {"settings": {"group_instance_id": "mgeo-0"}}}
+    assert config(render(chart, values))["MGEO_GROUP_INSTANCE_ID"] == "mgeo-0"
 
 
 def test_more_partitions_allow_more_replicas(chart):
@@ -505,6 +726,15 @@ def test_readme_documents_every_value(chart):
     documented = set(re.findall(r"^\|\s*`([^`]+)`\s*\|", readme, re.M))
     missing = sorted(_leaves(chart.values) - documented)
     assert not missing, f"values without a row in the README table: {missing}"
+
+
+def test_schema_knows_every_worker_setting_name(chart):
+    """worker.settings and worker.secretSettings accept exactly WorkerSettings' field names, so
+    a misspelt setting fails at install instead of being ignored by the worker."""
+    worker = chart.schema["properties"]["worker"]["properties"]
+    for key in ("settings", "secretSettings"):
+        assert set(worker[key]["propertyNames"]["enum"]) == set(WorkerSettings.model_fields), (
+            f"worker.{key}: update the enum in values.schema.json to mgeo/settings.py's fields")
 
 
 def test_schema_covers_every_value(chart):

@@ -1,26 +1,29 @@
-"""Metrics and health endpoints of a worker on the real broker."""
+"""Metrics and health endpoints of a worker: the exposition alone, and on the real broker."""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 from confluent_kafka import Producer
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import worker_env
 from mgeo import wire
 from mgeo.broker import free_port
-from mgeo.settings import WorkerSettings
+from mgeo.settings import ModelSettings, WorkerSettings
 from test_loop import RuleEngine
-from worker.loop import StreamProcessor
-from worker.metrics import HealthServer, Metrics
+from worker.loop import Stats, StreamProcessor
+from worker.metrics import HealthServer, Metrics, torch_gpu_memory
 from worker.scoring import Scorer
-
-pytestmark = pytest.mark.broker
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -58,6 +61,7 @@ def _publish(bootstrap: str, topic: str, start: int, n: int) -> None:
     assert p.flush(30) == 0
 
 
+@pytest.mark.broker
 def test_worker_metrics_move_and_lag_drains(bootstrap, topics, tiny_model, start_worker):
     port = free_port()
     worker = start_worker(worker_env(bootstrap, topics, tiny_model, MGEO_METRICS_PORT=str(port),
@@ -79,6 +83,10 @@ def test_worker_metrics_move_and_lag_drains(bootstrap, topics, tiny_model, start
     assert _metric(text, "mgeo_pairs_scored_total") == 300
     assert _metric(text, "mgeo_dead_letters_total") == 1
     assert _metric(text, "mgeo_batch_pairs_count") >= 1
+    # The histograms count the engine's model batches: every unique pair went through one.
+    assert _metric(text, "mgeo_batch_pairs_sum") == 300
+    assert _metric(text, "mgeo_batch_tokens_sum") == _metric(text, "mgeo_padded_tokens_total")
+    assert _metric(text, "mgeo_inference_seconds_count") == _metric(text, "mgeo_batches_total")
     assert _metric(text, "mgeo_end_to_end_seconds_count") == 301
     assert _metric(text, "mgeo_token_budget") > 0
     assert _metric(text, "mgeo_rebalances_total", '{kind="assigned"}') >= 1
@@ -87,6 +95,7 @@ def test_worker_metrics_move_and_lag_drains(bootstrap, topics, tiny_model, start
     assert worker.stop() == 0, worker.log()
 
 
+@pytest.mark.broker
 def test_liveness_fails_when_the_loop_stalls(bootstrap, topics):
     s = WorkerSettings(bootstrap_servers=bootstrap, input_topic=topics["input"],
                        output_topic=topics["output"], dlq_topic=topics["dlq"],
@@ -122,3 +131,168 @@ def test_liveness_fails_when_the_loop_stalls(bootstrap, topics):
         proc.stop()
         t.join(60)
         server.stop()
+
+
+# ---- the exposition, without a broker -----------------------------------------------------------
+
+# The metrics the issue asks for: name -> (Prometheus type, label names).
+REQUIRED = {
+    "mgeo_pairs_scored": ("counter", set()),
+    "mgeo_error_results": ("counter", set()),
+    "mgeo_dead_letters": ("counter", set()),
+    "mgeo_batch_pairs": ("histogram", set()),
+    "mgeo_batch_tokens": ("histogram", set()),
+    "mgeo_inference_seconds": ("histogram", set()),
+    "mgeo_end_to_end_seconds": ("histogram", set()),
+    "mgeo_consumer_lag": ("gauge", {"partition"}),
+    "mgeo_token_budget": ("gauge", set()),
+    "mgeo_gpu_memory_bytes": ("gauge", {"kind"}),
+    "mgeo_cache_hit_ratio": ("gauge", set()),
+    "mgeo_rebalances": ("counter", {"kind"}),
+}
+# Label names any metric may carry: none of them grows with traffic (no ids, no addresses).
+LOW_CARDINALITY = {"kind", "partition"}
+
+
+def _stats_json(lags: dict[int, int], topic: str = "address-pairs") -> str:
+    parts = {str(p): {"fetch_state": "active", "consumer_lag": lag} for p, lag in lags.items()}
+    parts["-1"] = {"fetch_state": "none", "consumer_lag": -1}  # librdkafka's internal partition
+    parts["9"] = {"fetch_state": "none", "consumer_lag": 5}    # not ours (not fetching)
+    return json.dumps({"topics": {topic: {"partitions": parts}}})
+
+
+def _families(metrics: Metrics) -> dict:
+    text = generate_latest(metrics.registry).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+@pytest.fixture()
+def engine(tiny_model):
+    from worker.engine import Engine
+
+    # A small budget: one inference call runs several model batches.
+    s = ModelSettings(model=tiny_model, device="cpu", token_budget=256, cache_size=64)
+    with Engine.from_settings(s) as e:
+        yield e
+
+
+def _pairs(n: int, start: int = 0) -> list[tuple[str, str]]:
+    return [("成都市武侯区天府大道100号", f"成都市武侯区天府大道{i}号附{i * 7}栋")
+            for i in range(start, start + n)]
+
+
+def test_every_required_metric_is_exported_with_low_cardinality_labels(engine):
+    stats = Stats()
+    stats.scored, stats.error_results, stats.dead_letters = 40, 2, 1
+    stats.assignments, stats.revocations = 2, 1
+    metrics = Metrics(stats, engine.stats, lambda: 3,
+                      gpu_memory=lambda: {"allocated": 1 << 30, "reserved": 3 << 29})
+    start = time.perf_counter()
+    engine.score(_pairs(40) + _pairs(5))  # 5 repeats: deduplicated, then cached next time
+    engine.score(_pairs(5))
+    metrics.batch(45, time.perf_counter() - start)
+    metrics.answered(int(time.time() * 1000) - 1500)
+    metrics.librdkafka_stats(_stats_json({0: 12, 3: 0}))
+
+    fams = _families(metrics)
+    for name, (kind, labels) in REQUIRED.items():
+        assert name in fams, f"{name} is not exported"
+        assert fams[name].type == kind, (name, fams[name].type)
+        for sample in fams[name].samples:
+            assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
+    for name, fam in fams.items():
+        assert name.startswith("mgeo_"), name
+        for sample in fam.samples:
+            assert set(sample.labels) - {"le"} <= LOW_CARDINALITY, (name, sample.labels)
+
+    def value(name, **labels):
+        (got,) = [s.value for s in fams[name].samples
+                  if s.name in (name, name + "_total") and s.labels == labels]
+        return got
+
+    assert value("mgeo_pairs_scored") == 40
+    assert value("mgeo_error_results") == 2 and value("mgeo_dead_letters") == 1
+    assert value("mgeo_rebalances", kind="assigned") == 2
+    assert value("mgeo_rebalances", kind="lost") == 0
+    assert value("mgeo_consumer_lag", partition="0") == 12
+    assert value("mgeo_consumer_lag", partition="3") == 0
+    assert {s.labels["partition"] for s in fams["mgeo_consumer_lag"].samples} == {"0", "3"}
+    assert value("mgeo_consumer_lag_total") == 12
+    assert value("mgeo_token_budget") == engine.token_budget
+    assert value("mgeo_gpu_memory_bytes", kind="allocated") == 1 << 30
+    assert value("mgeo_cache_hit_ratio") == pytest.approx(5 / 45)
+    assert value("mgeo_cache_hits") == 5 and value("mgeo_cache_lookups") == 45
+    assert value("mgeo_inflight_requests") == 3
+    e2e = {s.name: s.value for s in fams["mgeo_end_to_end_seconds"].samples}
+    assert e2e["mgeo_end_to_end_seconds_count"] == 1
+    assert 1.4 < e2e["mgeo_end_to_end_seconds_sum"] < 60
+
+
+def test_batch_histograms_count_each_model_batch_once(engine):
+    metrics = Metrics(Stats(), engine.stats, gpu_memory=lambda: None)
+
+    def histogram(name):
+        fam = _families(metrics)[name]
+        return {s.name[len(name) + 1:]: s.value for s in fam.samples if "le" not in s.labels}
+
+    engine.score(_pairs(60))
+    metrics.batch(60, 0.5)
+    first = engine.stats()
+    assert first["batches"] > 1, "the small budget should split the call"
+    assert histogram("mgeo_batch_pairs") == {"count": first["batches"],
+                                             "sum": first["scored_pairs"]}
+    assert histogram("mgeo_batch_tokens")["sum"] == first["padded_tokens"]
+    assert max(padded for _, padded, _ in engine.recent_batches) <= engine.token_budget
+    assert histogram("mgeo_inference_seconds")["count"] == 1
+
+    engine.score(_pairs(30, start=1000))
+    metrics.batch(30, 0.2)
+    second = engine.stats()
+    assert histogram("mgeo_batch_pairs") == {"count": second["batches"],
+                                             "sum": second["scored_pairs"]}
+    assert histogram("mgeo_batch_tokens")["sum"] == second["padded_tokens"]
+    assert "mgeo_gpu_memory_bytes" not in _families(metrics)
+
+
+def test_an_engine_without_batch_records_counts_the_call():
+    counts = {"padded_tokens": 0}
+    metrics = Metrics(Stats(), lambda: dict(counts), gpu_memory=lambda: None)
+    counts["padded_tokens"] = 640
+    metrics.batch(10, 0.1)
+    counts["padded_tokens"] = 1000
+    metrics.batch(4, 0.1)
+    fam = _families(metrics)
+    pairs = {s.name: s.value for s in fam["mgeo_batch_pairs"].samples if "le" not in s.labels}
+    tokens = {s.name: s.value for s in fam["mgeo_batch_tokens"].samples if "le" not in s.labels}
+    assert pairs == {"mgeo_batch_pairs_count": 2, "mgeo_batch_pairs_sum": 14}
+    assert tokens["mgeo_batch_tokens_sum"] == 1000
+
+
+def test_gpu_memory_is_read_from_torch_only_once_cuda_is_up(monkeypatch):
+    def fake_torch(initialised: bool):
+        cuda = SimpleNamespace(is_initialized=lambda: initialised,
+                               memory_allocated=lambda: 123, memory_reserved=lambda: 456)
+        return SimpleNamespace(cuda=cuda)
+
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(True))
+    assert torch_gpu_memory() == {"allocated": 123, "reserved": 456}
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(False))
+    assert torch_gpu_memory() is None
+    monkeypatch.setitem(sys.modules, "torch", None)  # a host without torch: never imported
+    assert torch_gpu_memory() is None
+
+
+def test_gpu_memory_on_a_real_gpu(tiny_model):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from worker.engine import Engine
+
+    with Engine.from_settings(ModelSettings(model=tiny_model, device="cuda",
+                                            token_budget=4096)) as engine:
+        engine.score(_pairs(16))
+        metrics = Metrics(Stats(), engine.stats)
+        samples = {s.labels["kind"]: s.value
+                   for s in _families(metrics)["mgeo_gpu_memory_bytes"].samples}
+        assert samples["allocated"] > 0
+        assert samples["reserved"] >= samples["allocated"]

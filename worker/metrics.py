@@ -1,18 +1,22 @@
 """Prometheus metrics and health endpoints of a worker, on one HTTP port.
 
-GET /metrics  Prometheus exposition; every name starts with `mgeo_`, labels are low-cardinality.
+GET /metrics  Prometheus exposition; every name starts with `mgeo_`, labels are low-cardinality
+              (`kind` of a rebalance or of GPU memory, input `partition`).
 GET /healthz  liveness: 200 while the Kafka loop keeps ticking, 503 once it has not ticked for
               `liveness_timeout` seconds (a stuck loop, not merely a live process).
 GET /readyz   readiness: 200 once the model is loaded and the loop runs.
 
-Counters are read from the loop's `Stats` at scrape time, so the hot path pays nothing for them;
-histograms are observed through the loop's observer hooks.
+Counters and gauges are read from the loop's `Stats` and the engine's `stats()` at scrape time,
+so the hot path pays nothing for them. Histograms are observed through the loop's observer
+hooks; batch sizes are those of the engine's model batches (each inference call may run
+several under its token budget), read from the engine's `recent_batches` record.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,39 +32,91 @@ _TOKEN_BUCKETS = (256, 1024, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 52
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+def torch_gpu_memory() -> dict[str, int] | None:
+    """Bytes of GPU memory this process holds through torch: `allocated` by live tensors and
+    `reserved` by the caching allocator (what the device sees). None without an initialised
+    CUDA context. torch is never imported here: a CPU-only worker reports nothing."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_initialized():
+            return None
+        return {"allocated": int(torch.cuda.memory_allocated()),
+                "reserved": int(torch.cuda.memory_reserved())}
+    except Exception:  # noqa: BLE001 - a scrape must never fail on a device query
+        return None
+
+
 class Metrics:
-    """Everything a worker exports. `observer` plugs into the loop; `engine_stats` is polled."""
+    """Everything a worker exports. `observer` plugs into the loop; `engine_stats` is polled.
+
+    `engine` is the object whose `recent_batches` (pairs, padded tokens, seconds) records each
+    model batch; by default the owner of `engine_stats` when that is a bound method.
+    """
 
     def __init__(self, stats, engine_stats: Callable[[], dict] | None = None,
-                 inflight: Callable[[], int] | None = None):
+                 inflight: Callable[[], int] | None = None, *, engine=None,
+                 gpu_memory: Callable[[], dict[str, int] | None] = torch_gpu_memory):
         self.stats = stats
         self.engine_stats = engine_stats or (lambda: {})
         self.inflight = inflight or (lambda: 0)
+        self.engine = engine if engine is not None else getattr(engine_stats, "__self__", None)
+        self.gpu_memory = gpu_memory
         self.lag: dict[str, int] = {}  # "topic/partition" -> consumer lag
         self.registry = CollectorRegistry()
         self.registry.register(self)
-        self.batch_pairs = Histogram("mgeo_batch_pairs", "Pairs per inference call",
+        self.batch_pairs = Histogram("mgeo_batch_pairs", "Pairs per model batch",
                                      buckets=_SIZE_BUCKETS, registry=self.registry)
-        self.batch_tokens = Histogram("mgeo_batch_tokens", "Padded tokens per inference call",
+        self.batch_tokens = Histogram("mgeo_batch_tokens",
+                                      "Padded tokens per model batch (rows x padded width)",
                                       buckets=_TOKEN_BUCKETS, registry=self.registry)
-        self.inference_seconds = Histogram("mgeo_inference_seconds",
-                                           "Seconds of one inference call",
-                                           buckets=_SECONDS_BUCKETS, registry=self.registry)
+        self.inference_seconds = Histogram(
+            "mgeo_inference_seconds",
+            "Seconds of one inference call (tokenizing and every model batch of it)",
+            buckets=_SECONDS_BUCKETS, registry=self.registry)
         self.e2e_seconds = Histogram(
             "mgeo_end_to_end_seconds",
             "Seconds from a request's Kafka timestamp to its answer's delivery",
             buckets=_SECONDS_BUCKETS, registry=self.registry)
         self._last_tokens = 0
+        self._last_record = None
 
     # -- observer hooks, called by the loop thread -------------------------------------------
 
     def batch(self, pairs: int, seconds: float) -> None:
-        self.batch_pairs.observe(pairs)
         self.inference_seconds.observe(seconds)
-        tokens = self.engine_stats().get("padded_tokens")
-        if tokens is not None:
-            self.batch_tokens.observe(max(0, tokens - self._last_tokens))
-            self._last_tokens = tokens
+        records = self._new_model_batches()
+        if records is None:  # an engine without per-batch records: the call is the batch
+            self.batch_pairs.observe(pairs)
+            tokens = self.engine_stats().get("padded_tokens")
+            if tokens is not None:
+                self.batch_tokens.observe(max(0, tokens - self._last_tokens))
+                self._last_tokens = tokens
+            return
+        for rows, padded, _ in records:
+            self.batch_pairs.observe(rows)
+            self.batch_tokens.observe(padded)
+
+    def _new_model_batches(self) -> list[tuple[int, int, float]] | None:
+        """The engine's model batches recorded since the last call (None: it records none)."""
+        records = getattr(self.engine, "recent_batches", None)
+        if records is None:
+            return None
+        try:
+            # One C-level copy under the GIL: safe while the inference thread appends.
+            snapshot = list(records)
+        except RuntimeError:
+            return []
+        start = 0
+        if self._last_record is not None:
+            for i in range(len(snapshot) - 1, -1, -1):
+                if snapshot[i] is self._last_record:
+                    start = i + 1
+                    break
+        if snapshot:
+            self._last_record = snapshot[-1]
+        return snapshot[start:]
 
     def answered(self, timestamp_ms: int) -> None:
         if timestamp_ms > 0:
@@ -94,50 +150,74 @@ class Metrics:
             ("mgeo_answers_delivered", "Answers confirmed delivered", s.answered),
             ("mgeo_delivery_retries", "Answers re-sent after a failed delivery",
              s.delivery_retries),
-            ("mgeo_commits", "Offset commits", s.commits),
+            ("mgeo_commits", "Offset commits (exactly-once: committed transactions)", s.commits),
             ("mgeo_batches", "Inference calls", s.batches),
         ]
+        aborts = getattr(s, "aborts", None)
+        if aborts is not None:
+            counters.append(("mgeo_transaction_aborts",
+                             "Aborted transactions (exactly-once), their inputs read again",
+                             aborts))
         for name, doc, value in counters:
-            c = CounterMetricFamily(name, doc)
-            c.add_metric([], value)
-            yield c
+            yield _counter(name, doc, value)
         reb = CounterMetricFamily("mgeo_rebalances", "Rebalance events", labels=["kind"])
         reb.add_metric(["assigned"], s.assignments)
         reb.add_metric(["revoked"], s.revocations)
         reb.add_metric(["lost"], s.losses)
         yield reb
-        g = GaugeMetricFamily("mgeo_inflight_requests", "Requests read but not yet answered")
-        g.add_metric([], self.inflight())
-        yield g
-        g = GaugeMetricFamily("mgeo_assigned_partitions", "Input partitions assigned")
-        g.add_metric([], len(s.assigned))
-        yield g
+        yield _gauge("mgeo_inflight_requests", "Requests read but not yet answered",
+                     self.inflight())
+        yield _gauge("mgeo_assigned_partitions", "Input partitions assigned", len(s.assigned))
         lag = GaugeMetricFamily("mgeo_consumer_lag", "Messages behind the end of a partition "
                                 "(librdkafka statistics)", labels=["partition"])
         for key, value in sorted(self.lag.items()):
             lag.add_metric([key.rsplit("/", 1)[1]], value)
         yield lag
-        total = GaugeMetricFamily("mgeo_consumer_lag_total", "Sum of consumer lag")
-        total.add_metric([], sum(self.lag.values()))
-        yield total
+        yield _gauge("mgeo_consumer_lag_total", "Sum of consumer lag", sum(self.lag.values()))
+
         es = self.engine_stats()
-        for key, name, doc in (
-                ("token_budget", "mgeo_token_budget", "Current padded-token budget a batch"),
-                ("gpu_memory_bytes", "mgeo_gpu_memory_bytes", "GPU memory allocated by torch"),
-                ("cache_hit_rate", "mgeo_cache_hit_ratio", "Share of pairs served from cache")):
-            if es.get(key) is not None:
-                g = GaugeMetricFamily(name, doc)
-                g.add_metric([], float(es[key]))
-                yield g
-        for key, name, doc in (("oom_retries", "mgeo_oom_retries", "CUDA OOM batch retries"),
-                               ("cache_hits", "mgeo_cache_hits", "Pairs served from cache")):
-            if es.get(key) is not None:
-                c = CounterMetricFamily(name, doc)
-                c.add_metric([], float(es[key]))
-                yield c
-        up = GaugeMetricFamily("mgeo_ready", "1 once the model is loaded and the loop runs")
-        up.add_metric([], 1.0 if s.ready else 0.0)
-        yield up
+        if es.get("token_budget") is not None:
+            yield _gauge("mgeo_token_budget",
+                         "Current padded-token budget of a model batch (shrinks on OOM)",
+                         es["token_budget"])
+        if es.get("cache_hit_rate") is not None:
+            yield _gauge("mgeo_cache_hit_ratio",
+                         "Share of cache lookups served from the cache since start",
+                         es["cache_hit_rate"])
+        for name, doc, value in (
+                ("mgeo_oom_retries", "Model batches retried smaller after running out of memory",
+                 es.get("oom_retries")),
+                ("mgeo_cache_hits", "Cache lookups served from the cache", es.get("cache_hits")),
+                ("mgeo_cache_lookups", "Cache lookups (hits and misses)",
+                 None if es.get("cache_hits") is None
+                 else es["cache_hits"] + es.get("cache_misses", 0)),
+                ("mgeo_tokens", "Real (unpadded) tokens run through the model", es.get("tokens")),
+                ("mgeo_padded_tokens", "Padded tokens run through the model",
+                 es.get("padded_tokens"))):
+            if value is not None:
+                yield _counter(name, doc, value)
+        memory = self.gpu_memory()
+        if memory:
+            g = GaugeMetricFamily("mgeo_gpu_memory_bytes",
+                                  "GPU memory held through torch: allocated by tensors, or "
+                                  "reserved by the caching allocator", labels=["kind"])
+            for kind, value in sorted(memory.items()):
+                g.add_metric([kind], float(value))
+            yield g
+        yield _gauge("mgeo_ready", "1 once the model is loaded and the loop runs",
+                     1.0 if s.ready else 0.0)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], float(value))
+    return c
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], float(value))
+    return g
 
 
 class HealthServer:

@@ -70,6 +70,10 @@ app.kubernetes.io/part-of: mgeo
 {{- end }}
 {{- end }}
 
+{{- define "mgeo-worker.settingsSecretName" -}}
+{{- printf "%s-settings" (include "mgeo-worker.fullname" .) }}
+{{- end }}
+
 {{- define "mgeo-worker.kafkaConfigDir" -}}/etc/mgeo/kafka{{- end }}
 
 {{/* One env/properties value as text: strings verbatim, anything else as JSON (no 1e+06). */}}
@@ -129,5 +133,25 @@ and install checks them.
 {{- if hasKey $managed $key }}
 {{- fail (printf "worker.settings.%s is managed by the chart: set %s instead" $key (get $managed $key)) }}
 {{- end }}
+{{- end }}
+{{- range $key, $_ := .Values.worker.secretSettings }}
+{{- if hasKey $managed $key }}
+{{- fail (printf "worker.secretSettings.%s is managed by the chart: set %s instead" $key (get $managed $key)) }}
+{{- end }}
+{{- if hasKey $.Values.worker.settings $key }}
+{{- fail (printf "%s is in both worker.settings and worker.secretSettings: keep one" $key) }}
+{{- end }}
+{{- end }}
+{{- /* One id shared by several pods fences them against each other. */}}
+{{- if gt $max 1 }}
+{{- $perPod := dict "group_instance_id" "leave it unset (no static membership)" "transactional_id" "leave it unset: the worker derives one per pod from its hostname" }}
+{{- range $key, $advice := $perPod }}
+{{- if or (hasKey $.Values.worker.settings $key) (hasKey $.Values.worker.secretSettings $key) }}
+{{- fail (printf "worker setting %s would be the same in each of up to %d pods, and Kafka fences pods that share one; %s" $key $max $advice) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and .Values.autoscaling.keda.authenticationRef .Values.autoscaling.keda.secretTargetRef }}
+{{- fail "set autoscaling.keda.authenticationRef (an existing TriggerAuthentication) or autoscaling.keda.secretTargetRef (the chart makes one), not both" }}
 {{- end }}
 {{- end }}
