@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from mgeo import wire
 from mgeo.settings import WorkerSettings
+from kafka_log import read_committed_log
 from producer.collect import Collector
 from worker.loop import StreamProcessor
 from worker.scoring import Scorer
@@ -193,6 +194,10 @@ def test_exactly_once_abort_rewinds_and_answers_each_id_once(bootstrap, topics,
     clean = _read_all(bootstrap, topics["output"], "read_committed", n)
     assert len(clean) == (n if broker_hides_aborted else n + proc.aborted_with)
     assert results.messages == len(clean)
+    # What a read_committed reader gets by the log's transaction markers, on any broker: each
+    # id exactly once.
+    log_ids = [r.key for r in read_committed_log(bootstrap, topics["output"], 4)]
+    assert sorted(log_ids) == sorted(rid.encode() for rid, _, _ in reqs)
     dead = _read_all(bootstrap, topics["dlq"], "read_committed", 1)
     assert [m.value() for m in dead] == [b"not json"]
     assert _committed_total(bootstrap, topics["group"], topics["input"]) == n + 1
