@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -134,6 +135,41 @@ def test_a_topic_of_garbage_stops_the_worker_instead_of_draining_it(bootstrap, t
     t.join(90)
     assert rc == [1]
     assert 10 < proc.stats.dead_letters < 100  # stopped early, did not drain the topic
+
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_an_unwritable_results_topic_advances_no_offsets(bootstrap, topics, delivery):
+    reqs = [(f"r{i}", f"地址{i}", "别处") for i in range(30)]
+    _publish(bootstrap, topics["input"], reqs)
+    # The broker refuses this topic name: every answer fails.
+    broken = _settings(bootstrap, {**topics, "output": "no/such topic"}, delivery=delivery,
+                       transactional_id=topics["group"])
+    proc = StreamProcessor(broken, Scorer(RuleEngine()))
+    t, rc = _start(proc)
+
+    def failed_twice_over():  # retried every answer, or aborted and re-read them all, twice
+        return (proc.stats.delivery_retries >= 2 * len(reqs) if delivery == "at-least-once"
+                else proc.stats.aborts >= 2 and proc.stats.consumed >= 2 * len(reqs))
+
+    deadline = time.monotonic() + 60
+    while not failed_twice_over() and time.monotonic() < deadline:
+        t.join(0.1)  # the worker keeps trying
+    assert failed_twice_over()
+    assert proc.stats.answered == 0 and proc.stats.commits == 0
+    proc.hurry()
+    t.join(60)
+    assert rc == [0]
+    assert _committed_total(bootstrap, topics["group"], topics["input"]) == 0
+    # Nothing was lost: a worker with a writable results topic answers every request.
+    fixed = StreamProcessor(_settings(bootstrap, topics, max_messages=len(reqs)),
+                            Scorer(RuleEngine()))
+    t, rc = _start(fixed)
+    t.join(60)
+    assert rc == [0]
+    results = Collector({"bootstrap.servers": bootstrap}, topics["output"])
+    results.collect(len(reqs), timeout=30)
+    assert set(results.results) == {rid for rid, _, _ in reqs}
 
 
 def _read_all(bootstrap, topic, isolation, expect) -> list:

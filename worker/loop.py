@@ -41,6 +41,9 @@ log = logging.getLogger("mgeo.worker")
 kafka_log = logging.getLogger("mgeo.kafka")
 
 
+_RETRY_BACKOFF = 1.0  # seconds before failed deliveries are sent again
+
+
 class FatalStop(RuntimeError):
     """A condition under which the worker must stop rather than go on answering."""
 
@@ -117,6 +120,7 @@ class StreamProcessor:
         self._work: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         self._retry: list[tuple[str, Origin, bytes, list | None]] = []
+        self._retry_at = 0.0  # failed deliveries are sent again no sooner than this
         self._stop = threading.Event()
         self._hurry = threading.Event()
         self._paused = False
@@ -234,7 +238,7 @@ class StreamProcessor:
     # -- the loop ----------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        busy = not self._done.empty() or bool(self._retry)
+        busy = not self._done.empty()
         msgs = self.consumer.consume(self.s.consume_batch, 0 if busy else self.s.poll_timeout)
         batch: list[tuple[Origin, wire.Request]] = []
         for msg in msgs:
@@ -319,15 +323,8 @@ class StreamProcessor:
                 self.stats.answered += 1
                 if self.observer is not None:
                     self.observer.answered(origin.timestamp_ms)
-            elif self.eos:
-                if txn == self._txn and self._txn_error is None:  # else: an aborted one's
-                    self._txn_error = f"could not deliver to {topic}: {err.str()}"
             else:
-                self.stats.delivery_retries += 1
-                self._ratelog(f"deliver:{topic}", logging.WARNING,
-                              "could not deliver to %s: %s; retrying, and committing nothing "
-                              "past it", topic, err.str())
-                self._retry.append((topic, origin, value, hdrs))
+                self._undelivered(topic, origin, value, hdrs, txn, err)
 
         while True:
             try:
@@ -337,6 +334,28 @@ class StreamProcessor:
             except BufferError:  # the local queue is full: serve deliveries, keep the group
                 self.producer.poll(0.1)
                 self.consumer.consume(0, 0)  # no-op poll that serves group callbacks
+            except KafkaException as exc:  # refused at once (e.g. an unknown or invalid topic)
+                err = exc.args[0]
+                if err.fatal():
+                    raise FatalStop(f"fatal producer error: {err.str()}") from None
+                self._undelivered(topic, origin, value, hdrs, txn, err)
+                return
+
+    def _undelivered(self, topic: str, origin: Origin, value: bytes | None, hdrs: list | None,
+                     txn: int, err: KafkaError) -> None:
+        """An answer did not reach the broker: nothing is committed past it. At-least-once
+        sends it again after a pause; exactly-once aborts the transaction at the next commit
+        (and reads its inputs again)."""
+        if self.eos:
+            if txn == self._txn and self._txn_error is None:  # else: an aborted one's
+                self._txn_error = f"could not deliver to {topic}: {err.str()}"
+            return
+        self.stats.delivery_retries += 1
+        self._ratelog(f"deliver:{topic}", logging.WARNING,
+                      "could not deliver to %s: %s; retrying, and committing nothing past it",
+                      topic, err.str())
+        self._retry.append((topic, origin, value, hdrs))
+        self._retry_at = time.monotonic() + _RETRY_BACKOFF
 
     def _publish_done(self) -> None:
         while True:
@@ -357,7 +376,7 @@ class StreamProcessor:
                 self._produce(self.s.output_topic, origin, value)
 
     def _publish_retries(self) -> None:
-        if not self._retry:
+        if not self._retry or time.monotonic() < self._retry_at:
             return
         retry, self._retry = self._retry, []
         for topic, origin, value, hdrs in retry:
@@ -464,8 +483,8 @@ class StreamProcessor:
 
     def _abort_transaction(self, reason: str) -> None:
         """Abort the open transaction and read again every input it answered."""
-        log.warning("exactly-once: aborting the transaction (%s); rewinding to the committed "
-                    "offsets", reason)
+        self._ratelog("abort", logging.WARNING, "exactly-once: aborting the transaction (%s); "
+                      "rewinding to the committed offsets", reason)
         deadline = self._txn_deadline()
         while self._in_txn:
             try:
