@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -70,6 +71,26 @@ def test_secrets_are_masked_and_files_are_read(tmp_path):
     assert s.client_config("producer")["sasl.password"] == "hunter2"
     assert s.masked()["producer_config"] == {"ssl.key.password": "***"}
     assert "hunter2" not in str(s.masked())
+
+
+def test_credentials_pass_through_and_are_never_echoed():
+    env = {**os.environ, "MGEO_KAFKA_CONFIG": '{"sasl.password": "hunter2"}',
+           "MGEO_PRODUCER_CONFIG": '{"ssl.key.password": "hunter3"}'}
+    shown = subprocess.run([sys.executable, "-m", "mgeo.cli", "worker", "--help"], env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "--kafka-config" in shown.stdout
+    assert "hunter" not in shown.stdout + shown.stderr
+    # Both clients get the credentials; what the worker logs of its configs is redacted.
+    from mgeo.settings import redact
+    from worker.loop import StreamProcessor
+
+    s = parse("worker", ["--kafka-config", "sasl.password=hunter2",
+                         "--producer-config", "ssl.key.password=hunter3"])
+    proc = StreamProcessor(s, scorer=None)
+    cconf, pconf = proc.consumer_config(), proc.producer_config()
+    assert cconf["sasl.password"] == pconf["sasl.password"] == "hunter2"
+    assert pconf["ssl.key.password"] == "hunter3" and "ssl.key.password" not in cconf
+    assert "hunter" not in str(redact({k: str(v) for k, v in {**cconf, **pconf}.items()}))
 
 
 def test_bad_value_says_what_to_do():
