@@ -26,8 +26,8 @@ def settings(out, **kw) -> TrainSettings:
 def trained(tmp_path_factory):
     """A tiny model trained briefly on generated pairs (shared by several tests)."""
     out = tmp_path_factory.mktemp("m") / "model"
-    s = settings(out, synth=3000, epochs=4, batch_size=32, lr=2e-3, dropout=0.0, evals=2,
-                 plot=True)
+    s = settings(out, synth=8000, epochs=3, batch_size=16, lr=1e-3, dropout=0.0, layers=2,
+                 evals=2, plot=True)
     return s, tr.train(s)
 
 
@@ -60,6 +60,56 @@ def test_saved_directory_loads_with_transformers_and_gives_the_same_logits(train
     torch.testing.assert_close(logits(tok, model), before, rtol=0, atol=1e-5)
 
 
+def test_the_worker_engine_loads_the_saved_directory_and_scores_like_the_trained_model(trained):
+    from worker.engine import Engine
+    from worker.model import load_model
+
+    s, result = trained
+    pairs = synth.REFERENCE_PAIRS + synth.generate_pairs(40, seed=98)
+    engine = Engine(*load_model(s.out), device="cpu", token_budget=512)
+    try:
+        scored = engine.score([(p["addr1"], p["addr2"]) for p in pairs])
+    finally:
+        engine.close()
+    assert engine.labels == ["not_match", "partial_match", "exact_match"]
+    enc = result.tokenizer([p["addr1"] for p in pairs], [p["addr2"] for p in pairs],
+                           truncation=True, max_length=128, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        want = torch.softmax(result.model.eval()(**enc).logits.float(), -1)
+    got = torch.tensor([[sc.probs[lab] for lab in engine.labels] for sc in scored])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    # What it learned survives the round trip: the engine's labels beat chance on fresh pairs.
+    hits = sum(max(sc.probs, key=sc.probs.get) == p["label"] for sc, p in zip(scored, pairs))
+    assert hits / len(pairs) > 0.6
+
+
+def test_a_fresh_model_starts_as_a_character_matcher(tmp_path):
+    tok, model = tr.fresh_model(settings(tmp_path / "x"), tmp_path / "tok")  # 2 heads of 32
+    half = model.config.hidden_size // 2
+    emb = model.bert.embeddings
+    assert not emb.word_embeddings.weight[:, half:].any()  # characters in the first half
+    assert not emb.word_embeddings.weight[tok.pad_token_id].any()
+    assert not emb.position_embeddings.weight[:, :half].any()  # the rest in the second
+    assert not emb.token_type_embeddings.weight[:, :half].any()
+    attn = model.bert.encoder.layer[0].attention.self
+    diag = torch.diag(torch.tensor([1.0] * half + [0.0] * half))
+    assert torch.equal(attn.query.weight, diag) and torch.equal(attn.key.weight, diag)
+
+    enc = tok("紫萱路", "萱林街", return_tensors="pt")
+    model.set_attn_implementation("eager")  # SDPA returns no attention weights
+    with torch.inference_mode():
+        out = model.eval()(**enc, output_attentions=True)
+    ids = enc["input_ids"][0].tolist()
+    pos = {c: [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(c)]
+           for c in "紫萱路林街"}
+    match, spread = out.attentions[0][0, 0], out.attentions[0][0, 1]  # [query, key]
+    # The character head: 萱 attends to 萱 on the other side far more than to the others.
+    xuan, other_xuan = pos["萱"]
+    assert match[xuan, other_xuan] > 5 * max(match[xuan, pos[c][0]] for c in "紫路林街")
+    # The other head attends uniformly: [CLS] starts with the mean over the pair.
+    torch.testing.assert_close(spread[0], torch.full_like(spread[0], 1 / len(ids)))
+
+
 def test_saved_directory_has_card_metrics_and_curve(trained):
     s, result = trained
     names = {p.name for p in s.out.iterdir()}
@@ -69,8 +119,9 @@ def test_saved_directory_has_card_metrics_and_curve(trained):
     card = (s.out / "README.md").read_text(encoding="utf-8")
     assert "NOT MGeo" in card and "same generator" in card
     assert f"{result.metrics['macro_f1']:.4f}" in card
-    assert "mgeo train --synth 3000" in card
     record = json.loads((s.out / "training_metrics.json").read_text(encoding="utf-8"))
+    assert record["command"].startswith("mgeo train ") and "--synth 8000" in record["command"]
+    assert record["command"] in card
     assert record["metrics"]["macro_f1"] == result.metrics["macro_f1"]
     assert [r["expected"] for r in record["references"]] == [
         "exact_match", "not_match", "partial_match"]
@@ -134,3 +185,51 @@ def test_classification_report():
     assert rep["per_label"]["not_match"]["precision"] == pytest.approx(0.5)
     assert rep["per_label"]["exact_match"]["recall"] == pytest.approx(0.5)
     assert rep["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_bundled_default_model_is_the_trained_demonstration_model():
+    from worker.engine import Engine
+    from worker.model import bundled_model_dir, default_model_dir, load_model
+
+    path = bundled_model_dir()
+    assert default_model_dir() == path, "worker/default_model/ holds no model.safetensors; " \
+                                        "run scripts/build-default-model"
+    allowed = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "vocab.txt", "special_tokens_map.json", "README.md", "training_metrics.json",
+               "training_curve.png"}
+    names = {p.name for p in path.iterdir()}
+    assert names <= allowed, names - allowed
+    assert sum(p.stat().st_size for p in path.iterdir()) < 20 * 2**20
+    card = (path / "README.md").read_text(encoding="utf-8")
+    assert "NOT MGeo" in card and "synthetic" in card
+    assert "scripts/build-default-model" in card
+    record = json.loads((path / "training_metrics.json").read_text(encoding="utf-8"))
+    assert record["metrics"]["macro_f1"] >= 0.90
+    assert f"{record['metrics']['macro_f1']:.4f}" in card
+    assert record["command"] in card
+
+    engine = Engine(*load_model(path), device="cpu")
+    try:
+        same, other, partial = engine.score(
+            [(p["addr1"], p["addr2"]) for p in synth.REFERENCE_PAIRS])
+    finally:
+        engine.close()
+    # The same office written two ways scores high, an unrelated hospital low.
+    assert same.probs["exact_match"] > 0.5 > other.probs["exact_match"]
+    assert max(other.probs, key=other.probs.get) == "not_match"
+    assert partial.probs["exact_match"] < same.probs["exact_match"]
+
+
+def test_a_failed_training_leaves_the_previous_model_in_place(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"previous")
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tr, "_save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        tr.train(settings(out, synth=100, epochs=1, evals=1))
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary directory left
+    assert (out / "model.safetensors").read_bytes() == b"previous"

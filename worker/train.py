@@ -17,6 +17,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -177,7 +178,8 @@ def _device(name: str):
 
 
 def fresh_model(settings, tok_dir: Path, labels: Sequence[str] = LABELS):
-    """(tokenizer, model): a small BERT with the char tokenizer, initialised from the seed."""
+    """(tokenizer, model): a small BERT with the char tokenizer, initialised from the seed
+    with a character-matching first layer (`matching_init`)."""
     from transformers import BertConfig, BertForSequenceClassification
 
     from worker.tokenizer import build_char_tokenizer
@@ -194,7 +196,56 @@ def fresh_model(settings, tok_dir: Path, labels: Sequence[str] = LABELS):
         max_position_embeddings=max(512, settings.max_length), type_vocab_size=2,
         num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={lab: i for i, lab in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer, BertForSequenceClassification(config)
+    model = BertForSequenceClassification(config)
+    matching_init(model, tokenizer.pad_token_id)
+    return tokenizer, model
+
+
+# Standard deviations of the embeddings at initialisation (BERT's are all 0.02).
+_WORD_STD = 0.1
+_POSITION_STD = 0.02
+_SEGMENT_STD = 0.05
+
+
+def matching_init(model, pad_id: int | None) -> None:
+    """Start the first layer as a character matcher, so a fresh model need not discover it.
+
+    Matching addresses is mostly "which characters of one side occur on the other side". From
+    BERT's initialisation a small model sits for thousands of steps at the label prior before
+    it finds that (on 107,000 generated pairs, 3,010 steps of 32: macro-F1 0.52 from BERT's
+    initialisation, 0.91 from this one). So:
+
+    - the embedding space is split in two halves: characters live in the first, positions
+      and segments in the second;
+    - the first layer's query and key projections start as the identity on the character
+      half and zero on the other. Its heads over the character half therefore attend, from
+      step one, to the same character wherever it occurs, and what they read carries that
+      occurrence's segment: "this character is also on the other side". Its heads over the
+      other half attend uniformly, which hands [CLS] the mean over the pair.
+
+    Only the starting point changes: training moves every weight, and the architecture and
+    what the worker loads are plain BERT.
+    """
+    import torch
+
+    h = model.config.hidden_size
+    half = h // 2
+    emb = model.bert.embeddings
+    attn = model.bert.encoder.layer[0].attention.self
+    with torch.no_grad():
+        word = emb.word_embeddings.weight
+        word.normal_(0.0, _WORD_STD)
+        word[:, half:] = 0.0
+        if pad_id is not None:
+            word[pad_id] = 0.0
+        for table, std in ((emb.position_embeddings.weight, _POSITION_STD),
+                           (emb.token_type_embeddings.weight, _SEGMENT_STD)):
+            table.normal_(0.0, std)
+            table[:, :half] = 0.0
+        diag = torch.diag(torch.cat([torch.ones(half), torch.zeros(h - half)]))
+        for proj in (attn.query, attn.key):
+            proj.weight.copy_(diag)
+            proj.bias.zero_()
 
 
 def base_model(path: Path, data_labels: Sequence[str]):
@@ -423,7 +474,12 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         dst.rename(old)
-    src.rename(dst)
+    try:
+        src.rename(dst)
+    except OSError:
+        if old is not None:
+            old.rename(dst)  # put the previous model back rather than leave none
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -529,7 +585,10 @@ def model_card(model, settings, record: dict, plotted: bool) -> str:
         f"- {'Fresh BERT' if settings.base is None else f'Fine-tuned from `{settings.base}`'}: "
         f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
         f"feed-forward {c.intermediate_size}, {n_params / 1e6:.2f}M parameters, fp32 "
-        "safetensors.",
+        "safetensors."
+        + (" Trained from scratch; the first layer starts as a character matcher (see "
+           "`matching_init` in `worker/train.py`)."
+           if settings.base is None else ""),
         f"- Tokenizer: BERT WordPiece, {c.vocab_size:,} entries (one token per Chinese "
         "character, as bert-base-chinese and MGeo).", "",
         "## Data", "",
@@ -554,7 +613,8 @@ def model_card(model, settings, record: dict, plotted: bool) -> str:
     lines += ["", "## Held-out metrics", "",
               f"Macro-F1 **{m['macro_f1']:.4f}**, accuracy {m['accuracy']:.4f} on {m['n']:,} "
               "pairs.", "",
-              "| label | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+              "| label | precision | recall | F1 | support |",
+              "| --- | ---: | ---: | ---: | ---: |"]
     for name, v in m["per_label"].items():
         lines.append(f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
                      f"{v['support']:,} |")
@@ -572,7 +632,8 @@ def model_card(model, settings, record: dict, plotted: bool) -> str:
               f"- {record['steps']:,} AdamW steps of {settings.batch_size} pairs "
               f"({settings.epochs} epochs), peak learning rate {record['lr']:g}, "
               f"{settings.warmup:.0%} linear warm-up then linear decay, weight decay "
-              f"{settings.weight_decay}, dropout {settings.dropout if settings.base is None else 'as the base'}, "
+              f"{settings.weight_decay}, dropout "
+              f"{settings.dropout if settings.base is None else 'as the base'}, "
               f"max length {settings.max_length}, seed {settings.seed}; length-bucketed batches.",
               f"- Took {record['seconds'] / 60:.1f} minutes on {_hardware()}.",
               "- Same seed, same machine: same metrics (seeded data, initialisation and order; "
@@ -597,8 +658,17 @@ def _hardware() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds `train`, which removes its temporary directory
+
+
 def run(settings) -> int:
-    """`mgeo train`: train, save, report; exit status 2 on a usage error."""
+    """`mgeo train`: train, save, report; exit status 2 on a usage error.
+
+    SIGTERM stops it as Ctrl-C does: the destination keeps its previous model and no
+    temporary directory is left beside it.
+    """
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         result = train(settings)
     except ValueError as exc:
