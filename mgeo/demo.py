@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,28 +128,62 @@ def run(s: DemoSettings) -> int:
         return 130
     finally:
         _stop(worker)
-    _summary(pairs, collector.results, n, elapsed, s.out)
+    score = re.search(r"score = ([^,]+)", model_line)
+    _summary(pairs, collector.results, n, elapsed, s.out, score.group(1) if score else None)
     return 0 if n == len(pairs) else 1
 
 
-def _summary(pairs: list[dict], results: dict, n: int, elapsed: float, out: Path) -> None:
+def _summary(pairs: list[dict], results: dict, n: int, elapsed: float, out: Path,
+             score_is: str | None = None) -> None:
     errors = sum(1 for r in results.values() if "error" in r)
     print()
     print(f"pairs published    {len(pairs)}")
     print(f"results collected  {n}  ({errors} error results)")
     print(f"end to end         {elapsed:.1f} s, {n / max(elapsed, 1e-9):.0f} pairs/s "
           "(publish to last result, one CPU worker)")
-    truth = {p["id"]: (p.get("meta") or {}).get("label") for p in pairs}
+    truth = {p["id"]: _label(p) for p in pairs}
     judged = [(truth[i], r.get("label")) for i, r in results.items() if truth.get(i)]
     if judged:
         agree = sum(a == b for a, b in judged) / len(judged)
-        print(f"label agreement    {agree:.1%} with the sample's label column")
-    print("examples:")
-    for p in pairs[:6]:
+        per = {}
+        for want, got in judged:
+            hit, total = per.get(want, (0, 0))
+            per[want] = (hit + (want == got), total + 1)
+        print(f"label agreement    {agree:.1%} with the sample's label column ("
+              + ", ".join(f"{k} {h}/{t}" for k, (h, t) in sorted(per.items())) + ")")
+    shown = _examples(pairs)
+    if shown:
+        print("examples" + (f"           score = {score_is}" if score_is else ""))
+        print(f"  {'sample label':<14} {'model label':<14} {'score':>5}  addr1  |  addr2")
+    for p in shown:
         r = results.get(p["id"], {})
         if "error" in r:
-            verdict = f"error {r['error']['code']}"
+            verdict = f"{'error':<14} {r['error']['code']}"
         else:
-            verdict = f"{r.get('label', '?'):<13} score {r.get('score', float('nan')):.3f}"
-        print(f"  {p['addr1']}  |  {p['addr2']}  ->  {verdict}")
+            verdict = f"{r.get('label', '?'):<14} {r.get('score', float('nan')):>5.3f}"
+        print(f"  {_label(p) or '-':<14} {verdict}  {_oneline(p['addr1'])}  |  "
+              f"{_oneline(p['addr2'])}")
     print(f"results file       {out.resolve()}")
+
+
+def _label(pair: dict) -> str | None:
+    label = (pair.get("meta") or {}).get("label")
+    return str(label) if label else None
+
+
+def _oneline(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _examples(pairs: list[dict], limit: int = 6) -> list[dict]:
+    """Rows a reader can judge: the reference pairs (ids ref-*), then one pair of each label.
+
+    Without a label column, simply the first rows."""
+    if not any(_label(p) for p in pairs):
+        return pairs[:limit]
+    shown = [p for p in pairs if str(p["id"]).startswith("ref-")][:limit]
+    for label in ("exact_match", "partial_match", "not_match"):
+        pick = next((p for p in pairs if _label(p) == label and p not in shown), None)
+        if pick is not None and len(shown) < limit:
+            shown.append(pick)
+    return shown
