@@ -23,6 +23,13 @@ ENV_PREFIX = "MGEO_"
 _SECRET_KEY = re.compile(r"(password|secret|token|key\.pem|private|credential|jaas)", re.I)
 
 
+def _split_commas(cls, v):
+    """A list option given as one comma-separated string (from the environment or a flag)."""
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
 def redact(config: dict[str, str]) -> dict[str, str]:
     """A copy of a librdkafka config fit for logs: secret-looking values replaced by `***`."""
     return {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in config.items()}
@@ -148,12 +155,7 @@ class ModelSettings(Base):
         description="CPU threads torch may use for the model (default: torch's choice, the "
                     "physical cores). Lower it when several workers share a host.")
 
-    @field_validator("positive_labels", mode="before")
-    @classmethod
-    def _split_labels(cls, v):
-        if isinstance(v, str):
-            return [s.strip() for s in v.split(",") if s.strip()]
-        return v
+    _split_labels = field_validator("positive_labels", mode="before")(_split_commas)
 
 
 class WorkerSettings(KafkaSettings, ModelSettings):
@@ -322,12 +324,7 @@ class ConvertSettings(Base):
                     "names none. Default then: not_match,partial_match,exact_match (with a "
                     "warning).")
 
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _split_labels(cls, v):
-        if isinstance(v, str):
-            return [s.strip() for s in v.split(",") if s.strip()]
-        return v
+    _split_labels = field_validator("labels", mode="before")(_split_commas)
 
 
 class SynthSettings(Base):

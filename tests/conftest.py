@@ -37,6 +37,38 @@ def bootstrap():
         yield broker.bootstrap
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 4
+                      ) -> dict[int, int]:
+    """The group's committed offset of each partition of `topic` that has one."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    c.close()
+    return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
+
+
+def read_messages(bootstrap: str, topics: dict[str, int], expect: int,
+                  isolation: str = "read_committed") -> list:
+    """Every message of `{topic: partitions}` from the start, read until `expect` and a little
+    beyond (so duplicates past `expect` show)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "isolation.level": isolation, "enable.auto.commit": False})
+    c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, n in topics.items()
+              for p in range(n)])
+    got: list = []
+    for _ in range(240):
+        got += [m for m in c.consume(2000, 0.5) if m.error() is None]
+        if len(got) >= expect:
+            break
+    for _ in range(2):  # anything beyond `expect` arrives in the same reads
+        got += [m for m in c.consume(2000, 0.5) if m.error() is None]
+    c.close()
+    return got
+
+
 @pytest.fixture(scope="session")
 def broker_hides_aborted(bootstrap) -> bool:
     """Whether the broker keeps aborted transactional records from read_committed readers.

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from conftest import ASSIGNED, ROOT, worker_env
+from conftest import ASSIGNED, ROOT, committed_offsets, worker_env
 from mgeo import wire
 from producer.collect import Collector
 
@@ -43,19 +43,12 @@ def _end_offsets(bootstrap: str, topic: str, expect: int) -> dict[int, int]:
     return ends
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    got = c.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)
-    c.close()
-    return {tp.partition: tp.offset for tp in got if tp.offset >= 0}
-
-
 def _labels_of(model_dir) -> set[str]:
     cfg = json.loads((model_dir / "config.json").read_text())
     return set(cfg["id2label"].values())
 
 
-def test_pipeline_every_id_once_and_offsets_committed(bootstrap, topics, tiny_model, tmp_path,
+def test_pipeline_every_id_once_and_offsetscommitted_offsets(bootstrap, topics, tiny_model, tmp_path,
                                                       start_worker):
     pairs_csv = tmp_path / "pairs.csv"
     with open(pairs_csv, "w", newline="", encoding="utf-8") as fh:
@@ -91,7 +84,7 @@ def test_pipeline_every_id_once_and_offsets_committed(bootstrap, topics, tiny_mo
     raw.close()
 
     ends = _end_offsets(bootstrap, topics["input"], N_PAIRS)
-    assert _committed(bootstrap, topics["group"], topics["input"]) == ends
+    assert committed_offsets(bootstrap, topics["group"], topics["input"]) == ends
 
     # A second start reprocesses nothing: only the new sentinels (one a partition) get answers.
     worker2 = start_worker(env)

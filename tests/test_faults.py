@@ -12,10 +12,10 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ASSIGNED, worker_env
+from conftest import ASSIGNED, committed_offsets, read_messages, worker_env
 from kafka_log import read_committed_log
 from mgeo import wire
 from mgeo.admin import create_topics
@@ -49,23 +49,6 @@ def _publish(bootstrap: str, topic: str, ids: range, prefix: str = "p",
 def _collect_until(collector: Collector, n: int, timeout: float, what: str) -> None:
     collector.collect(n, timeout=timeout, deadline=time.monotonic() + timeout)
     assert len(collector.results) >= n, f"{what}: {len(collector.results)} of {n} results"
-
-
-def _all_messages(bootstrap: str, topics: dict[str, int], expect: int) -> list:
-    """Every message of `{topic: partitions}`, read until `expect` and a little beyond."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader",
-                  "isolation.level": "read_committed"})
-    c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, n in topics.items()
-              for p in range(n)])
-    got: list = []
-    for _ in range(240):
-        got += [m for m in c.consume(2000, 0.5) if m.error() is None]
-        if len(got) >= expect:
-            break
-    for _ in range(2):  # anything beyond `expect` (duplicates) arrives in the same reads
-        got += [m for m in c.consume(2000, 0.5) if m.error() is None]
-    c.close()
-    return got
 
 
 @pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
@@ -138,10 +121,8 @@ def test_workers_join_and_leave_every_id_answered(bootstrap, topics, tiny_model,
     assert first.stop() == 0
     # Nothing committed past unwritten results: every offset up to the commit has an answer,
     # and the commit reaches the end.
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": topics["group"]})
-    committed = c.committed([TopicPartition(topics["input"], p) for p in range(4)], timeout=10)
-    c.close()
-    assert sum(tp.offset for tp in committed) == n
+    committed = committed_offsets(bootstrap, topics["group"], topics["input"])
+    assert sum(committed.values()) == n
 
 
 def test_a_batch_slower_than_max_poll_interval_keeps_the_group(bootstrap, topics):
@@ -162,7 +143,7 @@ def test_a_batch_slower_than_max_poll_interval_keeps_the_group(bootstrap, topics
     t.join(120)
     assert rc == [0]
     assert (proc.stats.assignments, proc.stats.losses) == (1, 0)  # never evicted
-    msgs = _all_messages(bootstrap, {topics["output"]: 4}, 40)
+    msgs = read_messages(bootstrap, {topics["output"]: 4}, 40)
     assert len(msgs) == 40  # nothing reprocessed
 
 
@@ -215,6 +196,6 @@ def test_random_bytes_and_bad_input_are_all_accounted_for(bootstrap, topics, tin
     assert worker.stop() == 0, worker.log()
     # Every message is accounted for: one answer on the results topic or the dead-letter topic.
     total = 5 * 40
-    answers = _all_messages(bootstrap, {topics["output"]: 4, topics["dlq"]: 1}, total)
+    answers = read_messages(bootstrap, {topics["output"]: 4, topics["dlq"]: 1}, total)
     keys = [m.key() for m in answers]
     assert len(keys) == total and len(set(keys)) == total

@@ -7,10 +7,11 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from mgeo import wire
 from mgeo.settings import WorkerSettings
+from conftest import committed_offsets, read_messages
 from kafka_log import read_committed_log
 from producer.collect import Collector
 from worker.loop import StreamProcessor
@@ -69,10 +70,7 @@ def _start(proc: StreamProcessor) -> tuple[threading.Thread, list]:
 
 
 def _committed_total(bootstrap, group, topic) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    got = c.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)
-    c.close()
-    return sum(tp.offset for tp in got if tp.offset > 0)
+    return sum(committed_offsets(bootstrap, group, topic).values())
 
 
 def test_poison_pair_gets_an_error_and_the_rest_are_scored(bootstrap, topics):
@@ -172,20 +170,6 @@ def test_an_unwritable_results_topic_advances_no_offsets(bootstrap, topics, deli
     assert set(results.results) == {rid for rid, _, _ in reqs}
 
 
-def _read_all(bootstrap, topic, isolation, expect) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "eos-reader",
-                  "isolation.level": isolation, "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, p, 0) for p in range(4)])
-    got: list = []
-    for _ in range(60):
-        got += [m for m in c.consume(1000, 0.5) if m.error() is None]
-        if len(got) >= expect:
-            break
-    got += [m for m in c.consume(1000, 1.0) if m.error() is None]  # anything beyond
-    c.close()
-    return got
-
-
 class _AbortOnce(StreamProcessor):
     """Aborts its first non-empty transaction for real (broker abort, rewind, read again)."""
 
@@ -225,16 +209,17 @@ def test_exactly_once_abort_rewinds_and_answers_each_id_once(bootstrap, topics,
     # The aborted answers reached the broker: a read_uncommitted reader sees them and the
     # answers again. A read_committed reader sees each id once, where the broker filters
     # aborted transactions (Kafka does; Tansu 0.6 does not, see conftest.broker_hides_aborted).
-    dirty = _read_all(bootstrap, topics["output"], "read_uncommitted", n + proc.aborted_with)
+    dirty = read_messages(bootstrap, {topics["output"]: 4}, n + proc.aborted_with,
+                          "read_uncommitted")
     assert len(dirty) == n + proc.aborted_with
-    clean = _read_all(bootstrap, topics["output"], "read_committed", n)
+    clean = read_messages(bootstrap, {topics["output"]: 4}, n)
     assert len(clean) == (n if broker_hides_aborted else n + proc.aborted_with)
     assert results.messages == len(clean)
     # What a read_committed reader gets by the log's transaction markers, on any broker: each
     # id exactly once.
     log_ids = [r.key for r in read_committed_log(bootstrap, topics["output"], 4)]
     assert sorted(log_ids) == sorted(rid.encode() for rid, _, _ in reqs)
-    dead = _read_all(bootstrap, topics["dlq"], "read_committed", 1)
+    dead = read_messages(bootstrap, {topics["dlq"]: 1}, 1)
     assert [m.value() for m in dead] == [b"not json"]
     assert _committed_total(bootstrap, topics["group"], topics["input"]) == n + 1
     proc.stop()

@@ -514,12 +514,6 @@ class StreamProcessor:
                 raise FatalStop(f"exactly-once: cannot rewind {tp[0]}[{tp[1]}] to {target} "
                                 f"after an abort: {exc.args[0].str()}") from None
 
-    def _drop_held(self, tps: list[TP]) -> None:
-        """Forget answers that waited for earlier offsets of partitions we no longer own."""
-        gone = set(tps)
-        for key in [k for k in self._held if k[0] in gone]:
-            del self._held[key]
-
     def _fatal_txn_message(self, err: KafkaError) -> str:
         return (f"exactly-once: the transactional producer failed fatally: {err.str()}. If it "
                 "was fenced, another worker uses the same transactional id "
@@ -594,20 +588,24 @@ class StreamProcessor:
         if not self.eos:
             self.producer.flush(max(0.0, deadline - time.monotonic()))
         self._commit(tps)  # exactly-once: the whole transaction, every partition's offsets
+        self._release(tps)
+        log.info("revoked %d partitions: %s (answered work committed)", len(tps), _names(tps))
+
+    def _release(self, tps: list[TP]) -> None:
+        """Let partitions go (revoked or lost): late answers for them are ignored, and answers
+        that waited in the transaction for their earlier offsets are forgotten."""
+        gone = set(tps)
         for tp in tps:
             self.tracker.release(tp)
-        self._drop_held(tps)
-        self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
-        log.info("revoked %d partitions: %s (answered work committed)", len(tps), _names(tps))
+        for key in [k for k in self._held if k[0] in gone]:
+            del self._held[key]
+        self.stats.assigned = [tp for tp in self.stats.assigned if tp not in gone]
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self.stats.rebalances += 1
         self.stats.losses += 1
-        for tp in tps:
-            self.tracker.release(tp)
-        self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
-        self._drop_held(tps)
+        self._release(tps)
         if self.eos and (self._in_txn or self._txn_error):
             # The open transaction answers inputs of the lost partitions, whose offsets it can
             # no longer commit: abort it all, and read the kept partitions' share again.
