@@ -310,6 +310,11 @@ class BenchSettings(ModelSettings):
         1, ge=1, le=20,
         description="Timed passes of each configuration; the fastest counts (a shared machine "
                     "only ever slows a pass down).")
+    profile: Path | None = Field(
+        None,
+        description="Also run the engine once more under torch.profiler: write a Chrome/Perfetto "
+                    "trace to this file (open it at ui.perfetto.dev) and add to the report what "
+                    "limits the run: device busy share, time per stage, top operators.")
 
 
 class ConvertSettings(Base):

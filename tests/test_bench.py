@@ -43,6 +43,7 @@ def test_bench_json_smoke(tiny, tmp_path, capsys):
     # Sorting by length can only remove padding relative to input-order batches.
     assert report["engine_padding_efficiency"] >= report["baseline_padding_efficiency"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "profile" not in report  # only with --profile
 
 
 def test_bench_int8_reports_its_accuracy_cost(tiny, capsys):
@@ -66,3 +67,21 @@ def test_builtin_generator_follows_the_real_length_distribution():
     assert abs(p50 - 35) <= 1 and abs(p90 - 52) <= 1.5 and abs(p95 - 57) <= 1.5
     assert abs(p99 - 67) <= 2 and lengths.max() <= 98
     assert _builtin_pairs(50, seed=1) == rows[:50]
+
+
+def test_bench_profile_writes_a_trace_and_says_what_limits_the_run(tiny, tmp_path, capsys):
+    trace = tmp_path / "prof" / "trace.json"
+    report = _bench(tiny, capsys, "--plot", "", "--profile", str(trace))
+    p = report["profile"]
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert "mgeo.forward" in names and "aten::addmm" in names  # the engine's ranges, the ops
+    assert p["pairs"] == 48 and p["wall_seconds"] > 0
+    stages = p["stage_seconds"]
+    assert stages["tokenize"] > 0 and stages["forward"] > 0  # the helper thread is counted too
+    assert stages["forward"] <= p["wall_seconds"]
+    ops = p["top_ops"]
+    assert ops and all(op["seconds"] > 0 and op["calls"] >= 1 for op in ops)
+    assert [op["seconds"] for op in ops] == sorted((op["seconds"] for op in ops), reverse=True)
+    assert 0 < sum(op["share"] for op in ops) <= 1.0001
+    assert p["limit"].startswith("CPU compute") and ops[0]["op"] in p["limit"]

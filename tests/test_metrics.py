@@ -87,6 +87,9 @@ def test_worker_metrics_move_and_lag_drains(bootstrap, topics, tiny_model, start
     assert _metric(text, "mgeo_batch_pairs_sum") == 300
     assert _metric(text, "mgeo_batch_tokens_sum") == _metric(text, "mgeo_padded_tokens_total")
     assert _metric(text, "mgeo_inference_seconds_count") == _metric(text, "mgeo_batches_total")
+    # Tokenizing happens inside the inference calls, on the helper thread.
+    assert 0 < _metric(text, "mgeo_tokenize_seconds_total") <= _metric(
+        text, "mgeo_inference_seconds_sum")
     assert _metric(text, "mgeo_end_to_end_seconds_count") == 301
     assert _metric(text, "mgeo_token_budget") > 0
     assert _metric(text, "mgeo_rebalances_total", '{kind="assigned"}') >= 1

@@ -14,6 +14,7 @@ import platform
 import random
 import sys
 import time
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,6 @@ def bench(s) -> tuple[dict, dict]:
         scored = engine.score(pairs)
         eng_best = min(eng_best, time.perf_counter() - started)
         after = engine.stats()
-    engine.close()
 
     eng_probs = np.array([[x.probs[label] for label in engine.labels] for x in scored])
     pos = [engine.labels.index(p) for p in engine.positive]
@@ -122,7 +122,75 @@ def bench(s) -> tuple[dict, dict]:
     }
     timings = {"reference": list(reference.batch_seconds),
                "engine": [sec for _, _, sec in engine.recent_batches]}
+    with engine:  # closed on the way out
+        if s.profile is not None and str(s.profile) not in ("", "."):
+            report["profile"] = profile_engine(engine, pairs, Path(s.profile))
     return report, timings
+
+
+# Stages the engine marks with torch.profiler.record_function.
+_STAGES = ("mgeo.to_device", "mgeo.forward", "mgeo.to_host")
+
+
+def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) -> dict:
+    """One more engine pass under torch.profiler: a trace file and what limits the run.
+
+    On CUDA the question is whether the GPU is kept busy: kernel time over wall time. Below
+    about 80% the host is the limit (kernel launches in `mgeo.forward`, tokenization); above,
+    the kernels are, and the top operators say which. On a CPU the operators share the cores,
+    and their self time says where the cycles go."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = engine.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    before = engine.stats()["tokenize_seconds"]
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        engine.score(pairs)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    # The profiler sees the calling thread; the tokenizer's thread is timed by the engine.
+    tokenize = engine.stats()["tokenize_seconds"] - before
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace))
+
+    events = [e for e in prof.key_averages() if e.key not in _STAGES]
+    stages = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in _STAGES}
+    # Self time: on CUDA the kernels' (their sum is the device's busy time, as in the profiler's
+    # own table), on a CPU the operators'. In microseconds.
+    time_of = attrgetter("self_device_time_total" if cuda else "self_cpu_time_total")
+    total = sum(time_of(e) for e in events) or 1.0
+    top = sorted(events, key=time_of, reverse=True)[:8]
+    out = {
+        "trace": str(trace),
+        "pairs": len(pairs),
+        "wall_seconds": round(wall, 4),
+        "pairs_per_s": round(len(pairs) / wall, 2),
+        "stage_seconds": {"tokenize": round(tokenize, 4),
+                          **{k.removeprefix("mgeo."): round(stages.get(k, 0.0), 4)
+                             for k in _STAGES}},
+        "top_ops": [{"op": e.key, "calls": e.count,
+                     "seconds": round(time_of(e) / 1e6, 4),
+                     "share": round(time_of(e) / total, 4)} for e in top],
+    }
+    tokenize /= wall
+    if cuda:
+        busy = total / 1e6 / wall
+        out["device_busy"] = round(busy, 4)
+        if busy >= 0.8:
+            out["limit"] = (f"GPU kernels: the device is busy {busy:.0%} of the wall time; "
+                            f"{top[0].key} takes {time_of(top[0]) / total:.0%} of kernel time")
+        else:
+            launch = out["stage_seconds"]["forward"] / wall
+            out["limit"] = (f"the host: the GPU idles {1 - busy:.0%} of the wall time; "
+                            f"launching kernels takes {launch:.0%} of it and tokenization "
+                            f"(helper thread) {tokenize:.0%}")
+    else:
+        out["limit"] = (f"CPU compute on {torch.get_num_threads()} threads: {top[0].key} takes "
+                        f"{time_of(top[0]) / total:.0%} of operator time; tokenization "
+                        f"(helper thread, overlapped) {tokenize:.0%} of the wall time")
+    return out
 
 
 class Reference:
@@ -233,6 +301,16 @@ def _print_table(r: dict) -> None:
             else "engine vs reference, same precision")
     print(f"  speed-up {r['ratio']:.2f}x; max |score diff| {r['max_abs_score_diff']:.2e} ({what}); "
           f"label agreement {r['label_agreement']:.1%}")
+    if "profile" in r:
+        p = r["profile"]
+        print()
+        print(f"  profile ({p['pairs_per_s']:.1f} pairs/s under the profiler; trace {p['trace']}):")
+        print("    stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in p["stage_seconds"].items())
+              + f" of {p['wall_seconds']:.3f} wall")
+        for op in p["top_ops"]:
+            print(f"    {op['share']:>6.1%}  {op['seconds']:>9.4f} s  {op['calls']:>7} calls  "
+                  f"{op['op'][:60]}")
+        print(f"  limited by {p['limit']}")
 
 
 def _plot(r: dict, timings: dict, path: Path) -> None:

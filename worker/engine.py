@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
+from torch.profiler import record_function
 
 from worker.batcher import AdaptiveBudget, plan_batches, round_up
 
@@ -168,6 +169,7 @@ class Engine:
         self._counts = dict.fromkeys(
             ("batches", "pairs", "scored_pairs", "tokens", "padded_tokens", "deduplicated",
              "cache_hits", "cache_misses", "oom_retries", "truncated"), 0)
+        self._counts["tokenize_seconds"] = 0.0
 
     @classmethod
     def from_settings(cls, s: "ModelSettings") -> "Engine":
@@ -324,6 +326,14 @@ class Engine:
 
     def _tokenize(self, keys: list[tuple[str, str]], idx: list[int]) -> _Batch:
         """MGeo's own inputs: `tokenizer(a, b, truncation=True, max_length=...)`, padded."""
+        started = time.perf_counter()
+        try:
+            return self._tokenize_batch(keys, idx)
+        finally:
+            # A float add under the GIL; read by stats() (metrics, `mgeo bench --profile`).
+            self._counts["tokenize_seconds"] += time.perf_counter() - started
+
+    def _tokenize_batch(self, keys: list[tuple[str, str]], idx: list[int]) -> _Batch:
         first = [keys[i][0] for i in idx]
         second = [keys[i][1] for i in idx]
         enc = self.tokenizer(first, second, truncation=True, max_length=self.max_length,
@@ -381,10 +391,15 @@ class Engine:
             tensors = tuple(t[sel, :width] for t in
                             (batch.input_ids, batch.token_type_ids, batch.attention_mask))
         if self.device != "cpu":
-            tensors = tuple(t.to(self.device, non_blocking=True) for t in tensors)
+            with record_function("mgeo.to_device"):
+                tensors = tuple(t.to(self.device, non_blocking=True) for t in tensors)
         with torch.inference_mode():
-            logits = self._forward(*tensors)
-            return logits.float().softmax(-1).cpu().tolist()
+            # Named ranges for `mgeo bench --profile`; on CUDA, forward launches the kernels
+            # and to_host mostly waits for them.
+            with record_function("mgeo.forward"):
+                logits = self._forward(*tensors)
+            with record_function("mgeo.to_host"):
+                return logits.float().softmax(-1).cpu().tolist()
 
     def _out_of_memory(self, pairs: int, tokens: int) -> None:
         self._counts["oom_retries"] += 1

@@ -193,7 +193,10 @@ class Metrics:
                  else es["cache_hits"] + es.get("cache_misses", 0)),
                 ("mgeo_tokens", "Real (unpadded) tokens run through the model", es.get("tokens")),
                 ("mgeo_padded_tokens", "Padded tokens run through the model",
-                 es.get("padded_tokens"))):
+                 es.get("padded_tokens")),
+                ("mgeo_tokenize_seconds", "Seconds spent tokenizing (on the helper thread, "
+                 "overlapped with the model); near the inference seconds, the host is the limit",
+                 es.get("tokenize_seconds"))):
             if value is not None:
                 yield _counter(name, doc, value)
         memory = self.gpu_memory()
