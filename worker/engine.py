@@ -88,12 +88,38 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16). Elsewhere torch
+    emulates bf16, about 7x slower than fp32."""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # a torch without cpuinfo capabilities
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def _cuda_has_native_bf16() -> bool:
+    try:  # torch >= 2.3 counts emulated bf16 unless told not to
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:
+        return torch.cuda.is_bf16_supported()
+
+
 def resolve_precision(precision: str, device: str) -> str:
-    """auto is fp16 on cuda and fp32 on cpu. bf16 is never picked: many CPUs emulate it slowly."""
+    """auto is fp16 on cuda and fp32 on cpu: never a lossy choice the user did not make."""
     if precision == "auto":
         return "fp16" if device == "cuda" else "fp32"
     if precision == "fp16" and device != "cuda":
-        raise ValueError("--precision fp16 runs on cuda only; on cpu use fp32 or int8")
+        raise ValueError("--precision fp16 runs on cuda only; on cpu use fp32, int8 or (on a "
+                         "CPU with native bf16) bf16")
+    if precision == "bf16":
+        if device == "cuda" and not _cuda_has_native_bf16():
+            raise ValueError("--precision bf16: this GPU has no bf16 (it needs Ampere or "
+                             "newer); use fp16")
+        if device == "cpu" and not cpu_has_native_bf16():
+            raise ValueError("--precision bf16: this CPU has no native bf16 (AVX512-BF16 or "
+                             "AMX), so torch would emulate it, about 7x slower than fp32; use "
+                             "fp32 or int8")
     if precision == "int8" and device != "cpu":
         raise ValueError("--precision int8 (dynamic quantization) runs on cpu only; on cuda "
                          "use fp16 or fp32")
@@ -244,7 +270,8 @@ class Engine:
         model.eval().requires_grad_(False)
         if self.precision == "int8":
             return quantize_int8(model)
-        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision,
+                                                                     torch.float32)
         return model.to(device=self.device, dtype=dtype)
 
     def _startup_budget(self) -> int:
