@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from worker.batcher import padded_tokens
-from worker.engine import Engine, resolve_device, resolve_precision
+from worker.engine import Engine, resolve_device, resolve_precision, torch_dtype
 from worker.model import build_random_model, cached_model, load_model
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,9 @@ def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) ->
     trace.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace))
 
-    events = [e for e in prof.key_averages() if e.key not in _STAGES]
-    stages = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in _STAGES}
+    averages = prof.key_averages()
+    events = [e for e in averages if e.key not in _STAGES]
+    stages = {e.key: e.cpu_time_total / 1e6 for e in averages if e.key in _STAGES}
     # Self time: on CUDA the kernels' (their sum is the device's busy time, as in the profiler's
     # own table), on a CPU the operators'. In microseconds.
     time_of = attrgetter("self_device_time_total" if cuda else "self_cpu_time_total")
@@ -200,9 +201,7 @@ class Reference:
     def __init__(self, model_dir: Path, device: str, precision: str, max_length: int,
                  batch: int):
         self.tokenizer, model, self.id2label = load_model(model_dir)
-        model = model.to(device)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        self.model = model.to(dtype) if dtype else model  # `.half()` in the fp16 scripts
+        self.model = model.to(device, torch_dtype(precision))  # `.half()` in fp16 scripts
         self.device, self.max_length, self.batch = device, max_length, batch
         self.batch_seconds: list[float] = []
 

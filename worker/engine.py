@@ -126,6 +126,11 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def torch_dtype(precision: str) -> torch.dtype:
+    """The weights' dtype of a resolved precision (int8 quantizes fp32 weights)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
 def resolve_positive(labels: list[str], wanted: Sequence[str] | None) -> list[str]:
     """The labels whose probabilities sum to a pair's score."""
     if wanted:
@@ -270,9 +275,7 @@ class Engine:
         model.eval().requires_grad_(False)
         if self.precision == "int8":
             return quantize_int8(model)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision,
-                                                                     torch.float32)
-        return model.to(device=self.device, dtype=dtype)
+        return model.to(device=self.device, dtype=torch_dtype(self.precision))
 
     def _startup_budget(self) -> int:
         if self.device != "cuda":
@@ -357,7 +360,8 @@ class Engine:
         try:
             return self._tokenize_batch(keys, idx)
         finally:
-            # A float add under the GIL; read by stats() (metrics, `mgeo bench --profile`).
+            # Only this (single) tokenizer thread writes it; stats() reads it for the metrics
+            # and `mgeo bench --profile`.
             self._counts["tokenize_seconds"] += time.perf_counter() - started
 
     def _tokenize_batch(self, keys: list[tuple[str, str]], idx: list[int]) -> _Batch:
