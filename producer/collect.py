@@ -1,8 +1,11 @@
-"""Reading the results topic: `mgeo collect` and a `Collector` for tests and the demo.
+"""`mgeo collect` and the `Collector` behind it (and behind the demo and the tests).
 
-Results are read `read_committed` (exactly-once workers write in transactions) and kept one per
-id (the first seen). By default the collector assigns itself every partition from the start, so it
-needs no group join; with --group-id it joins that group and commits what it has written.
+A `Collector` reads a results topic through `ResultReader` (read_committed, typed) and keeps one
+result per id, the first seen, in memory, as the wire's dicts. It is for a bounded job: a file
+of results, a test. A service that consumes results for ever should iterate a `ResultReader`
+itself (see `mgeo.producer.results`). By default the collector assigns itself every partition
+from the start, so it needs no group join; with a group id it joins that group and commits,
+once the file is written, what it has read.
 """
 
 from __future__ import annotations
@@ -10,16 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import uuid
 from typing import Any, Callable
 
-from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException,
-                             TopicPartition)
+from confluent_kafka import KafkaException, TopicPartition
 from tqdm import tqdm
 
-from mgeo import wire
-from mgeo.admin import partitions_of
-from mgeo.pairs_io import InputError, write_results
+from mgeo.files import InputError, write_results
+from mgeo.kafka import KafkaUnavailable
+from mgeo.producer.results import ResultReader
 from mgeo.settings import CollectSettings
 
 log = logging.getLogger("mgeo.collect")
@@ -32,39 +33,20 @@ class Collector:
                  from_beginning: bool = True):
         self.topic = topic
         self.results: dict[str, dict[str, Any]] = {}
-        self.messages = 0      # every result message read, duplicates included
         self.duplicates = 0
-        self.unreadable = 0
         self.labels: list[str] = []
-        conf = {"group.id": group_id or f"mgeo-collect-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False, "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest" if from_beginning else "latest",
-                "enable.partition.eof": False, **config}
-        self._consumer = Consumer(conf)
-        self._grouped = group_id is not None
-        if self._grouped:
-            self._consumer.subscribe([topic])
-        else:
-            start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-            parts = partitions_of(config, topic)
-            self._consumer.assign([TopicPartition(topic, p, start) for p in parts])
+        self._from_beginning = from_beginning
+        self._reader = ResultReader(config=config, topic=topic, group_id=group_id,
+                                    from_beginning=from_beginning, commit_interval=None)
 
-    def _add(self, value: bytes | None) -> bool:
-        self.messages += 1
-        try:
-            res = wire.decode_result(value or b"")
-            rid = res["id"]
-        except (ValueError, KeyError, TypeError):
-            self.unreadable += 1
-            return False
-        if rid in self.results:
-            self.duplicates += 1
-            return False
-        self.results[rid] = res
-        for lab in res.get("probs") or ():
-            if lab not in self.labels:
-                self.labels.append(lab)
-        return True
+    @property
+    def messages(self) -> int:
+        """Every result message read, duplicates and unreadable ones included."""
+        return self._reader.messages
+
+    @property
+    def unreadable(self) -> int:
+        return self._reader.unreadable
 
     def collect(self, expect: int | None = None, timeout: float = 30.0,
                 on_new: Callable[[int], None] | None = None,
@@ -77,29 +59,42 @@ class Collector:
             now = time.monotonic()
             if now - last_new > timeout or (deadline is not None and now > deadline):
                 break
-            for msg in self._consumer.consume(1000, 0.2):
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", msg.error())
+            for res in self._reader.poll(0.2):
+                if res.id in self.results:
+                    self.duplicates += 1
                     continue
-                if self._add(msg.value()):
-                    new += 1
-                    last_new = time.monotonic()
-                    if on_new is not None:
-                        on_new(1)
+                self.results[res.id] = res.to_dict()
+                for lab in res.probs:
+                    if lab not in self.labels:
+                        self.labels.append(lab)
+                new += 1
+                last_new = time.monotonic()
+                if on_new is not None:
+                    on_new(1)
         return new
 
-    def commit(self) -> None:
-        if not self._grouped:
-            return
+    def backlog(self) -> int | None:
+        """About how many messages the topic holds past where this collector starts (from
+        the partitions' watermarks), for a progress bar; None when unknown."""
+        if not self._from_beginning or self._reader.group_id is not None:
+            return None
+        consumer = self._reader._consumer
+        total = 0
         try:
-            self._consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing read: nothing to commit
-                raise
+            for tp in consumer.assignment():
+                low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                           timeout=5)
+                total += max(0, high - low)
+        except KafkaException:
+            return None
+        return total
+
+    def commit(self) -> None:
+        """Commit what was read (with a group id; without one there is nothing to commit)."""
+        self._reader.commit()
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close(commit=False)
 
 
 def run(s: CollectSettings) -> int:
@@ -107,15 +102,21 @@ def run(s: CollectSettings) -> int:
     try:
         collector = Collector(s.client_config("consumer"), s.output_topic, s.collect_group_id,
                               s.from_beginning)
-    except (RuntimeError, ValueError) as exc:
-        print(f"mgeo collect: {exc}", file=sys.stderr)
+    except (KafkaUnavailable, KafkaException, ValueError) as exc:
+        print(f"mgeo collect: {_reason(exc)}", file=sys.stderr)
         return 2
-    bar = tqdm(total=s.expect, desc="collected", unit=" results",
-               disable=not (s.progress and sys.stderr.isatty()))
+    show = s.progress and sys.stderr.isatty()
+    total = s.expect if s.expect is not None else (collector.backlog() if show else None)
+    bar = tqdm(total=total, desc="collected", unit=" results", disable=not show)
     try:
         collector.collect(s.expect, s.timeout, on_new=bar.update)
     except KeyboardInterrupt:
         print("mgeo collect: interrupted; writing what was collected", file=sys.stderr)
+    except KafkaException as exc:
+        bar.close()
+        collector.close()
+        print(f"mgeo collect: {_reason(exc)}; nothing written", file=sys.stderr)
+        return 1
     finally:
         bar.close()
     try:
@@ -134,3 +135,9 @@ def run(s: CollectSettings) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KafkaException) and exc.args and hasattr(exc.args[0], "str"):
+        return f"Kafka error: {exc.args[0].str()}"
+    return str(exc)

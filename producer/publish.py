@@ -4,7 +4,7 @@ Runs without torch. Messages are keyed by id (so one id always lands on one part
 an idempotent producer, and every delivery is confirmed: a report says how many were delivered
 and why any were not.
 
-    from producer.publish import publish_pairs
+    from mgeo.producer.publish import publish_pairs
     report = publish_pairs([("a1", "北京市朝阳区建国路88号", "朝阳区建国路88号")],
                            bootstrap_servers="kafka:9092")
     assert report.ok
@@ -21,8 +21,9 @@ from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
 from mgeo import wire
-from mgeo.pairs_io import InputError, read_rows
-from mgeo.settings import KafkaSettings, ProduceSettings
+from mgeo.files import InputError, count_rows, read_rows
+from mgeo.kafka import KafkaUnavailable, client_logging, partitions_of
+from mgeo.settings import ProduceSettings
 
 log = logging.getLogger("mgeo.produce")
 
@@ -47,19 +48,20 @@ class PublishReport:
             self.errors.append(msg)
 
 
-def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+def producer_config(settings: ProduceSettings) -> dict[str, Any]:
     conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 10}
     conf.update(settings.client_config("producer"))
     return conf
 
 
 class Publisher:
-    """Sends request messages and tracks each delivery."""
+    """Sends request messages and tracks each delivery. librdkafka's own log lines and client
+    errors are rate-limited (`mgeo.kafka.client_logging`) unless `config` sets its own."""
 
     def __init__(self, config: Mapping[str, Any], topic: str):
         self.topic = topic
         self.report = PublishReport()
-        self._producer = Producer(dict(config))
+        self._producer = Producer({**client_logging("mgeo.produce"), **config})
         self._on_delivered = None
 
     def _delivery(self, err, msg) -> None:
@@ -123,7 +125,7 @@ def publish_pairs(pairs: Iterable[Pair], bootstrap_servers: str = "127.0.0.1:909
                   flush_timeout: float = 60.0) -> PublishReport:
     """Publish pairs and wait until each is delivered or has failed."""
     conf = {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
-            "linger.ms": 10, **(config or {})}
+            "linger.ms": 10, **(config or {})}  # librdkafka's logs: rate-limited by Publisher
     pub = Publisher(conf, topic)
     for pair in pairs:
         pub.send_pair(pair)
@@ -133,11 +135,25 @@ def publish_pairs(pairs: Iterable[Pair], bootstrap_servers: str = "127.0.0.1:909
 def run(s: ProduceSettings) -> int:
     """`mgeo produce FILE|-`."""
     try:
-        pub = Publisher(producer_config(s), s.input_topic)
-    except (KafkaException, ValueError) as exc:
+        conf = producer_config(s)
+        # One clear line now, rather than a minute of retries, when nothing can be sent.
+        partitions_of(conf, s.input_topic)
+        pub = Publisher(conf, s.input_topic)
+    except KafkaUnavailable as exc:
         print(f"mgeo produce: {exc}", file=sys.stderr)
         return 2
-    bar = tqdm(desc="published", unit=" pairs", disable=not (s.progress and sys.stderr.isatty()))
+    except KafkaException as exc:
+        print(f"mgeo produce: Kafka error: {exc.args[0].str()}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"mgeo produce: {exc}", file=sys.stderr)
+        return 2
+    show = s.progress and sys.stderr.isatty()
+    try:
+        total = count_rows(s.input, s.format) if show else None
+    except InputError:
+        total = None  # read_rows below says what is wrong
+    bar = tqdm(total=total, desc="published", unit=" pairs", disable=not show)
     pub._on_delivered = lambda: bar.update(1)
     try:
         for row in read_rows(s.input, s.format):
@@ -155,8 +171,11 @@ def run(s: ProduceSettings) -> int:
         print("mgeo produce: interrupted; waiting for what was sent", file=sys.stderr)
     report = pub.flush()
     bar.close()
-    for msg in report.errors:
+    for msg in report.errors[:5]:
         print(f"mgeo produce: {msg}", file=sys.stderr)
+    if len(report.errors) > 5:
+        print(f"mgeo produce: ... and {len(report.errors) - 5} more like these",
+              file=sys.stderr)
     print(f"mgeo produce: {report.delivered} delivered, {report.failed} failed, "
           f"{report.skipped} skipped (topic {s.input_topic})", file=sys.stderr)
     return 0 if report.ok else 1

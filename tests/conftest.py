@@ -31,7 +31,7 @@ def bootstrap():
     if external:
         yield external
         return
-    from mgeo.broker import EmbeddedBroker
+    from mgeo.tools.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap
@@ -80,7 +80,7 @@ def broker_hides_aborted(bootstrap) -> bool:
     """
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from mgeo.admin import create_topics
+    from mgeo.kafka import create_topics
 
     topic = f"txn-probe-{uuid.uuid4().hex[:8]}"
     create_topics({"bootstrap.servers": bootstrap}, {topic: 1})
@@ -106,23 +106,28 @@ def broker_hides_aborted(bootstrap) -> bool:
     return b"aborted" not in seen
 
 
-@pytest.fixture()
-def topics(bootstrap):
-    """Fresh input/output/dead-letter topic names (4, 4, 1 partitions) for one test."""
-    from mgeo.admin import create_topics
+def fresh_topics(bootstrap: str, partitions: int = 4) -> dict[str, str]:
+    """Fresh input/output/dead-letter topics (`partitions`, `partitions`, 1) and a group name."""
+    from mgeo.kafka import create_topics
 
     tag = uuid.uuid4().hex[:8]
     names = {"input": f"pairs-{tag}", "output": f"scores-{tag}", "dlq": f"dlq-{tag}",
              "group": f"workers-{tag}"}
     create_topics({"bootstrap.servers": bootstrap},
-                  {names["input"]: 4, names["output"]: 4, names["dlq"]: 1})
+                  {names["input"]: partitions, names["output"]: partitions, names["dlq"]: 1})
     return names
+
+
+@pytest.fixture()
+def topics(bootstrap):
+    """Fresh input/output/dead-letter topic names (4, 4, 1 partitions) for one test."""
+    return fresh_topics(bootstrap)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer BERT with the Chinese character vocabulary: fast on a CPU, real code paths."""
-    from worker.model import build_random_model
+    from mgeo.tools.models import build_random_model
 
     return build_random_model(tmp_path_factory.mktemp("tiny-model"), layers=2, hidden=64,
                               heads=2, intermediate=128, seed=0)
@@ -143,7 +148,7 @@ class WorkerProcess:
     """`mgeo worker` in a subprocess, its log captured; waits are on log events, bounded."""
 
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()):
-        self.proc = subprocess.Popen([sys.executable, "-m", "mgeo.cli", "worker", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "mgeo.tools.cli", "worker", *args],
                                      env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.batcher import AdaptiveBudget, padded_tokens, plan_batches, round_up
+from mgeo.worker.inference.batcher import AdaptiveBudget, padded_tokens, plan_batches, round_up
 
 
 def test_round_up_and_padded_tokens():

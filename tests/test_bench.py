@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mgeo.cli import main  # noqa: E402
-from worker.bench import _builtin_pairs  # noqa: E402
-from worker.model import build_random_model  # noqa: E402
+from mgeo.tools.cli import main  # noqa: E402
+from mgeo.tools.bench import _builtin_pairs  # noqa: E402
+from mgeo.tools.models import build_random_model  # noqa: E402
 
 KEYS = {"device", "precision", "pairs", "baseline_pairs_per_s", "engine_pairs_per_s", "ratio",
         "max_abs_score_diff", "baseline_padding_efficiency", "engine_padding_efficiency",
@@ -53,9 +53,9 @@ def test_bench_int8_reports_its_accuracy_cost(tiny, capsys):
 
 
 def test_bench_bf16_on_cpu_is_measured_against_fp32(tiny, capsys, monkeypatch):
-    import worker.engine
+    import mgeo.worker.inference.device
 
-    monkeypatch.setattr(worker.engine, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(mgeo.worker.inference.device, "cpu_has_native_bf16", lambda: True)
     report = _bench(tiny, capsys, "--precision", "bf16", "--plot", "")
     assert report["precision"] == "bf16" and report["reference_precision"] == "fp32"
     assert 0 < report["max_abs_score_diff"] < 0.05

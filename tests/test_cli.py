@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mgeo import settings as settings_mod
-from mgeo.cli import COMMANDS, main, parse
+from mgeo.tools.cli import COMMANDS, main, parse
 
 
 def _flag(name: str) -> str:
@@ -76,25 +76,24 @@ def test_secrets_are_masked_and_files_are_read(tmp_path):
 def test_credentials_pass_through_and_are_never_echoed():
     env = {**os.environ, "MGEO_KAFKA_CONFIG": '{"sasl.password": "hunter2"}',
            "MGEO_PRODUCER_CONFIG": '{"ssl.key.password": "hunter3"}'}
-    shown = subprocess.run([sys.executable, "-m", "mgeo.cli", "worker", "--help"], env=env,
+    shown = subprocess.run([sys.executable, "-m", "mgeo.tools.cli", "worker", "--help"], env=env,
                            capture_output=True, text=True)
     assert shown.returncode == 0 and "--kafka-config" in shown.stdout
     assert "hunter" not in shown.stdout + shown.stderr
     # Both clients get the credentials; what the worker logs of its configs is redacted.
     from mgeo.settings import redact
-    from worker.loop import StreamProcessor
+    from mgeo.worker.stream.clients import consumer_config, producer_config
 
     s = parse("worker", ["--kafka-config", "sasl.password=hunter2",
                          "--producer-config", "ssl.key.password=hunter3"])
-    proc = StreamProcessor(s, scorer=None)
-    cconf, pconf = proc.consumer_config(), proc.producer_config()
+    cconf, pconf = consumer_config(s), producer_config(s)
     assert cconf["sasl.password"] == pconf["sasl.password"] == "hunter2"
     assert pconf["ssl.key.password"] == "hunter3" and "ssl.key.password" not in cconf
     assert "hunter" not in str(redact({k: str(v) for k, v in {**cconf, **pconf}.items()}))
 
 
 def test_bad_value_says_what_to_do():
-    proc = subprocess.run([sys.executable, "-m", "mgeo.cli", "worker", "--device", "gpu"],
+    proc = subprocess.run([sys.executable, "-m", "mgeo.tools.cli", "worker", "--device", "gpu"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "--device (MGEO_DEVICE)" in proc.stderr and "mgeo worker --help" in proc.stderr
@@ -106,9 +105,9 @@ def test_unknown_command():
 
 def test_producer_side_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-            "import mgeo.cli, mgeo.wire, mgeo.settings, mgeo.pairs_io, mgeo.admin\n"
-            "import producer.publish, producer.collect\n"
-            "sys.argv = ['mgeo', 'produce', '--help']; mgeo.cli.main()\n")
+            "import mgeo.tools.cli, mgeo.wire, mgeo.settings, mgeo.files, mgeo.kafka\n"
+            "import mgeo.producer.publish, mgeo.producer.collect\n"
+            "sys.argv = ['mgeo', 'produce', '--help']; mgeo.tools.cli.main()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "usage: mgeo produce" in proc.stdout and "--bootstrap-servers" in proc.stdout

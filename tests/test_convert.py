@@ -14,10 +14,10 @@ pytest.importorskip("transformers")
 from transformers import BertConfig, BertModel  # noqa: E402
 from transformers.models.bert.modeling_bert import BertAttention  # noqa: E402
 
-from mgeo.cli import main  # noqa: E402
-from worker.convert import convert  # noqa: E402
-from worker.model import load_model  # noqa: E402
-from worker.tokenizer import build_char_tokenizer  # noqa: E402
+from mgeo.tools.cli import main  # noqa: E402
+from mgeo.worker.inference.convert import convert  # noqa: E402
+from mgeo.worker.inference.model import load_model  # noqa: E402
+from mgeo.training.vocab import build_char_tokenizer  # noqa: E402
 
 LABELS = ["not_match", "exact_match", "partial_match"]  # deliberately not the usual order
 LAYERS, FUSION, HIDDEN, HEADS = 3, 2, 32, 2

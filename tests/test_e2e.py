@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from conftest import ASSIGNED, ROOT, committed_offsets, worker_env
 from mgeo import wire
-from producer.collect import Collector
+from mgeo.producer.collect import Collector
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -21,7 +21,7 @@ N_PAIRS = 5000
 
 
 def _mgeo(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mgeo.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "mgeo.tools.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -10,10 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mgeo.settings import ModelSettings  # noqa: E402
-from worker import engine as engine_mod  # noqa: E402
-from worker import model as model_mod  # noqa: E402
-from worker.engine import Engine, resolve_positive, resolve_precision  # noqa: E402
-from worker.model import build_random_model, load_model  # noqa: E402
+from mgeo.worker.inference import device as device_mod  # noqa: E402
+from mgeo.worker.inference import model as model_mod  # noqa: E402
+from mgeo.worker.inference.device import resolve_positive, resolve_precision  # noqa: E402
+from mgeo.worker.inference.engine import Engine  # noqa: E402
+from mgeo.tools.models import build_random_model  # noqa: E402
+from mgeo.worker.inference.model import load_model  # noqa: E402
 
 CHARS = "北京上海市区路街道号楼栋单元室紫萱栖霞仙林文枢东西南北中山人民解放建设0123456789"
 
@@ -78,7 +80,7 @@ def test_identical_pairs_are_scored_once(tiny):
     got = engine.score(batch)
     stats = engine.stats()
     assert stats["scored_pairs"] == 3 and stats["deduplicated"] == 3
-    assert got[0] is got[2] is got[4] and got[1] is got[5]
+    assert got[0] == got[2] == got[4] and got[1] == got[5]
     _close(got, _reference(tiny, batch))
 
 
@@ -114,8 +116,7 @@ class FlakyForward:
         if self.fail_when(self.calls, input_ids):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         logits = self.inner(input_ids, token_type_ids, attention_mask)
-        self.scored_rows += [tuple(r[m.bool()].tolist()) for r, m in
-                             zip(input_ids, attention_mask)]
+        self.scored_rows += [tuple(r[r != 0].tolist()) for r in input_ids]  # 0 is [PAD]
         return logits
 
 
@@ -189,10 +190,10 @@ def test_precision_rules():
 
 
 def test_bf16_only_where_the_hardware_has_it(monkeypatch):
-    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ValueError, match="no native bf16.*use fp32 or int8"):
         resolve_precision("bf16", "cpu")
-    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("bf16", "cpu") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(ValueError, match="Ampere"):
@@ -207,12 +208,12 @@ def test_native_bf16_detection_agrees_with_the_kernel():
                   if line.startswith("flags")), None)
     if not flags:
         pytest.skip("no x86 CPU flags to compare with")
-    assert engine_mod.cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert device_mod.cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def test_bf16_runs_in_bf16_and_stays_close_to_fp32(tiny, monkeypatch):
     # bf16 compute is the same wherever it runs; only its speed needs the hardware.
-    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
     pairs = _pairs(20, seed=3)
     engine = _engine(tiny, precision="bf16", token_budget=256)
     assert engine.precision == "bf16"
@@ -237,17 +238,13 @@ def test_int8_runs_and_stays_close_to_fp32(tiny):
     _close(got, _reference(tiny, pairs), tol=0.05)
 
 
-def test_default_model_is_built_once_in_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MGEO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(model_mod, "bundled_model_dir", lambda: tmp_path / "empty")
-    first = model_mod.default_model_dir()
-    stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert model_mod.default_model_dir() == first
-    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]  # no temp dirs left
-    _, model, id2label = load_model(first)
-    assert id2label == {0: "not_match", 1: "partial_match", 2: "exact_match"}
-    assert model.config.num_hidden_layers == 2
+def test_the_bundled_model_loads_and_a_missing_one_is_a_clear_error(tmp_path, monkeypatch):
+    bundled = model_mod.default_model_dir()
+    _, _, id2label = load_model(bundled)
+    assert sorted(id2label.values()) == ["exact_match", "not_match", "partial_match"]
+    monkeypatch.setattr(model_mod, "__file__", str(tmp_path / "model.py"))
+    with pytest.raises(ValueError, match="bundled model is missing.*--model DIR"):
+        model_mod.default_model_dir()
 
 
 def test_load_model_explains_what_to_do(tmp_path):
@@ -261,7 +258,7 @@ def test_load_model_explains_what_to_do(tmp_path):
 # ---- mgeo score: the engine on files ------------------------------------------------------
 
 def _score_cli(tiny, src, dst, *extra):
-    from mgeo.cli import main
+    from mgeo.tools.cli import main
 
     return main(["score", "--in", str(src), "--out", str(dst), "--model", str(tiny),
                  "--device", "cpu", "--no-progress", "--chunk-pairs", "2", *extra])
@@ -269,6 +266,7 @@ def _score_cli(tiny, src, dst, *extra):
 
 def test_score_file_csv_round_trip_with_invalid_rows_and_meta(tiny, tmp_path):
     import csv
+    import json
 
     src = tmp_path / "pairs.csv"
     src.write_text("id,addr1,addr2,city\n"
@@ -281,8 +279,8 @@ def test_score_file_csv_round_trip_with_invalid_rows_and_meta(tiny, tmp_path):
     assert _score_cli(tiny, src, dst) == 0
     rows = list(csv.DictReader(dst.open(encoding="utf-8")))
     assert [r["id"] for r in rows] == ["a", "b", "c", "", "d"]
-    assert [r["error"] for r in rows] == ["", "empty_address", "", "invalid_id", ""]
-    assert [r["city"] for r in rows[:3]] == ["榆林", "南京", "南京"]
+    assert [r["error_code"] for r in rows] == ["", "empty_address", "", "invalid_id", ""]
+    assert [json.loads(r["meta"])["city"] for r in rows[:3]] == ["榆林", "南京", "南京"]
     want = _reference(tiny, [("紫萱路363号人力社保局", "紫萱路363号市人社局"),
                              ("栖霞区仙林街道文枢东路2号商住楼4楼", "栖霞区文枢东路2号书店")])
     for row, w in zip([rows[0], rows[2]], want):
@@ -318,3 +316,28 @@ def test_score_file_jsonl_round_trip_and_input_is_never_overwritten(tiny, tmp_pa
     assert src.read_bytes() == before
     assert _score_cli(tiny, src, tmp_path / "out.txt") == 2
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_scores_equal_the_transformers_call_on_the_same_batches():
+    """What the engine computed before its own pair encoder and prepared masks: per planned
+    batch, `tokenizer(a, b, truncation=True, max_length=128, padding=True)` and the model. The
+    scores must not move by more than 1e-6 (the bundled model, pairs of every length)."""
+    from mgeo.worker.inference.model import default_model_dir
+
+    tokenizer, model, id2label = load_model(default_model_dir())
+    engine = Engine(tokenizer, model, id2label, device="cpu", token_budget=2048)
+    pairs = _pairs(150, seed=21) + [("北" * 100, "南" * 80), ("紫萱路363号 SOHO", "ＡＢＣ ３６３号")]
+    prep = engine.prepare(pairs)
+    got = engine.forward(prep)
+    keys = prep.keys
+    want = {}
+    with torch.inference_mode():
+        for batch in prep.batches:
+            rows = [keys[prep.todo[r]] for r in batch.rows.tolist()]
+            enc = tokenizer([a for a, _ in rows], [b for _, b in rows], truncation=True,
+                            max_length=128, padding=True, return_tensors="pt")
+            probs = engine.model(**enc).logits.float().softmax(-1).tolist()
+            want.update(zip(rows, probs))
+    diff = max(abs(x - y) for pair, row in zip(pairs, got.probs)
+               for x, y in zip(row, want[pair]))
+    assert diff <= 1e-6, diff

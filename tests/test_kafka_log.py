@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 import kafka_log
 from kafka_log import Record, read_committed_log
-from mgeo.admin import create_topics
+from mgeo.kafka import create_topics
 
 pytestmark = pytest.mark.broker
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 from confluent_kafka import Producer
@@ -13,39 +12,12 @@ from mgeo import wire
 from mgeo.settings import WorkerSettings
 from conftest import committed_offsets, read_messages
 from kafka_log import read_committed_log
-from producer.collect import Collector
-from worker.loop import StreamProcessor
-from worker.scoring import Scorer
+from mgeo.producer.collect import Collector
+from mgeo.worker.stream.processor import StreamProcessor
+from mgeo.worker.stream.scoring import Scorer
+from engines import RuleEngine
 
 pytestmark = pytest.mark.broker
-
-
-@dataclass
-class _Scored:
-    probs: dict
-    truncated: bool = False
-
-
-class RuleEngine:
-    """Scores by a rule; fails on pairs holding `poison`; can be made to fail on everything."""
-
-    labels = ["not_match", "partial_match", "exact_match"]
-    positive = ["exact_match"]
-    model_name = "rule"
-
-    def __init__(self, poison: str = "毒", broken: bool = False):
-        self.poison, self.broken, self.calls = poison, broken, 0
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def score(self, pairs):
-        self.calls += 1
-        self.gate.wait(60)
-        if self.broken or any(self.poison in a or self.poison in b for a, b in pairs):
-            raise RuntimeError("cannot score")
-        return [_Scored({"not_match": 0.0, "partial_match": 0.0, "exact_match": 1.0}
-                        if a == b else {"not_match": 1.0, "partial_match": 0.0,
-                                        "exact_match": 0.0}) for a, b in pairs]
 
 
 def _settings(bootstrap, topics, **kw) -> WorkerSettings:
@@ -132,7 +104,9 @@ def test_a_topic_of_garbage_stops_the_worker_instead_of_draining_it(bootstrap, t
     t, rc = _start(proc)
     t.join(90)
     assert rc == [1]
-    assert 10 < proc.stats.dead_letters < 100  # stopped early, did not drain the topic
+    # Stopped at the verdict instead of draining the topic into the dead-letter queue.
+    assert proc.stats.dead_letters < 100
+    assert _committed_total(bootstrap, topics["group"], topics["input"]) < 100
 
 
 
@@ -170,19 +144,24 @@ def test_an_unwritable_results_topic_advances_no_offsets(bootstrap, topics, deli
     assert set(results.results) == {rid for rid, _, _ in reqs}
 
 
-class _AbortOnce(StreamProcessor):
-    """Aborts its first non-empty transaction for real (broker abort, rewind, read again)."""
+def _abort_first_transaction(proc: StreamProcessor) -> dict:
+    """Make the processor's first non-empty transaction abort for real (broker abort, rewind,
+    read again), after its answers reached the broker."""
+    eos = proc.delivery
+    seen = {"aborted_with": 0}
+    commit = eos.commit
 
-    aborted_with = 0  # answers in the aborted transaction
+    def commit_or_abort(consumer, tps=None):
+        with eos.lock:
+            if eos._in_txn and not seen["aborted_with"]:
+                proc.producer.flush(10)
+                seen["aborted_with"] = sum(s.results + s.errors for s in eos._segments)
+                eos._abort(consumer, "injected by the test")
+                return
+        commit(consumer, tps)
 
-    def _commit_transaction(self):
-        if self._in_txn and not self.aborted_with and self.tracker.to_commit():
-            self.producer.flush(10)  # its answers really reach the broker before the abort
-            self.aborted_with = self.stats.answered
-            assert self.aborted_with > 0
-            self._abort_transaction("injected by the test")
-            return
-        super()._commit_transaction()
+    eos.commit = commit_or_abort
+    return seen
 
 
 def test_exactly_once_abort_rewinds_and_answers_each_id_once(bootstrap, topics,
@@ -198,29 +177,33 @@ def test_exactly_once_abort_rewinds_and_answers_each_id_once(bootstrap, topics,
     assert junk.flush(30) == 0
     s = _settings(bootstrap, topics, delivery="exactly-once", transactional_id=topics["group"])
     engine = RuleEngine()
-    engine.gate.clear()  # hold inference until the test's first commit can see answers
-    proc = _AbortOnce(s, Scorer(engine))
+    engine.gate.clear()  # hold inference until the abort is armed
+    proc = StreamProcessor(s, Scorer(engine))
     t, rc = _start(proc)
+    for _ in range(600):  # bounded: the delivery strategy exists once the clients are up
+        if proc.delivery is not None:
+            break
+        t.join(0.05)
+    seen = _abort_first_transaction(proc)
     engine.gate.set()
     results = Collector({"bootstrap.servers": bootstrap}, topics["output"])
     results.collect(n, timeout=60)
     assert set(results.results) == {rid for rid, _, _ in reqs}
-    assert proc.aborted_with > 0 and proc.stats.aborts == 1
+    assert seen["aborted_with"] > 0 and proc.stats.aborts == 1
     # The aborted answers reached the broker: a read_uncommitted reader sees them and the
     # answers again. A read_committed reader sees each id once, where the broker filters
     # aborted transactions (Kafka does; Tansu 0.6 does not, see conftest.broker_hides_aborted).
-    dirty = read_messages(bootstrap, {topics["output"]: 4}, n + proc.aborted_with,
+    dirty = read_messages(bootstrap, {topics["output"]: 4}, n + seen["aborted_with"],
                           "read_uncommitted")
-    assert len(dirty) == n + proc.aborted_with
+    assert len(dirty) == n + seen["aborted_with"]
     clean = read_messages(bootstrap, {topics["output"]: 4}, n)
-    assert len(clean) == (n if broker_hides_aborted else n + proc.aborted_with)
-    assert results.messages == len(clean)
+    assert len(clean) == (n if broker_hides_aborted else n + seen["aborted_with"])
     # What a read_committed reader gets by the log's transaction markers, on any broker: each
     # id exactly once.
     log_ids = [r.key for r in read_committed_log(bootstrap, topics["output"], 4)]
     assert sorted(log_ids) == sorted(rid.encode() for rid, _, _ in reqs)
-    dead = read_messages(bootstrap, {topics["dlq"]: 1}, 1)
-    assert [m.value() for m in dead] == [b"not json"]
+    dead = [r.value for r in read_committed_log(bootstrap, topics["dlq"], 1)]
+    assert dead == [b"not json"]
     assert _committed_total(bootstrap, topics["group"], topics["input"]) == n + 1
     proc.stop()
     t.join(60)

@@ -18,12 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import worker_env
 from mgeo import wire
-from mgeo.broker import free_port
+from mgeo.tools.broker import free_port
 from mgeo.settings import ModelSettings, WorkerSettings
-from test_loop import RuleEngine
-from worker.loop import Stats, StreamProcessor
-from worker.metrics import HealthServer, Metrics, torch_gpu_memory
-from worker.scoring import Scorer
+from engines import RuleEngine
+from mgeo.worker.stream.events import Stats
+from mgeo.worker.stream.health import HealthServer, loop_liveness
+from mgeo.worker.stream.metrics import Metrics, torch_gpu_memory
+from mgeo.worker.stream.processor import StreamProcessor
+from mgeo.worker.stream.scoring import Scorer
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -103,10 +105,11 @@ def test_liveness_fails_when_the_loop_stalls(bootstrap, topics):
     s = WorkerSettings(bootstrap_servers=bootstrap, input_topic=topics["input"],
                        output_topic=topics["output"], dlq_topic=topics["dlq"],
                        group_id=topics["group"], session_timeout_ms=6000, liveness_timeout=1.0)
-    proc = StreamProcessor(s, Scorer(RuleEngine()))
-    metrics = Metrics(proc.stats, inflight=lambda: proc.tracker.inflight)
-    proc.observer = metrics
-    server = HealthServer(metrics, 0, s.liveness_timeout, host="127.0.0.1").start()
+    stats = Stats()
+    metrics = Metrics(stats)
+    proc = StreamProcessor(s, Scorer(RuleEngine()), observer=metrics, stats=stats)
+    server = HealthServer(metrics.registry, 0, live=loop_liveness(stats, s.liveness_timeout),
+                          ready=lambda: stats.ready, host="127.0.0.1").start()
     stall = threading.Event()
     release = threading.Event()
     tick = proc._tick
@@ -154,7 +157,7 @@ REQUIRED = {
     "mgeo_rebalances": ("counter", {"kind"}),
 }
 # Label names any metric may carry: none of them grows with traffic (no ids, no addresses).
-LOW_CARDINALITY = {"kind", "partition"}
+LOW_CARDINALITY = {"kind", "partition", "stage"}
 
 
 def _stats_json(lags: dict[int, int], topic: str = "address-pairs") -> str:
@@ -171,7 +174,7 @@ def _families(metrics: Metrics) -> dict:
 
 @pytest.fixture()
 def engine(tiny_model):
-    from worker.engine import Engine
+    from mgeo.worker.inference.engine import Engine
 
     # A small budget: one inference call runs several model batches.
     s = ModelSettings(model=tiny_model, device="cpu", token_budget=256, cache_size=64)
@@ -188,13 +191,14 @@ def test_every_required_metric_is_exported_with_low_cardinality_labels(engine):
     stats = Stats()
     stats.scored, stats.error_results, stats.dead_letters = 40, 2, 1
     stats.assignments, stats.revocations = 2, 1
-    metrics = Metrics(stats, engine.stats, lambda: 3,
+    metrics = Metrics(stats, engine.stats, lambda: 3, queues=lambda: {"intake": 7},
                       gpu_memory=lambda: {"allocated": 1 << 30, "reserved": 3 << 29})
+    engine.add_observer(metrics)
     start = time.perf_counter()
     engine.score(_pairs(40) + _pairs(5))  # 5 repeats: deduplicated, then cached next time
     engine.score(_pairs(5))
-    metrics.batch(45, time.perf_counter() - start)
-    metrics.answered(int(time.time() * 1000) - 1500)
+    metrics.scored(45, time.perf_counter() - start)
+    metrics.published([int(time.time() * 1000) - 1500], time.time())
     metrics.librdkafka_stats(_stats_json({0: 12, 3: 0}))
 
     fams = _families(metrics)
@@ -226,6 +230,8 @@ def test_every_required_metric_is_exported_with_low_cardinality_labels(engine):
     assert value("mgeo_cache_hit_ratio") == pytest.approx(5 / 45)
     assert value("mgeo_cache_hits") == 5 and value("mgeo_cache_lookups") == 45
     assert value("mgeo_inflight_requests") == 3
+    assert value("mgeo_stage_queue", stage="intake") == 7
+    assert abs(value("mgeo_loop_last_tick_timestamp_seconds") - time.time()) < 60
     e2e = {s.name: s.value for s in fams["mgeo_end_to_end_seconds"].samples}
     assert e2e["mgeo_end_to_end_seconds_count"] == 1
     assert 1.4 < e2e["mgeo_end_to_end_seconds_sum"] < 60
@@ -233,42 +239,42 @@ def test_every_required_metric_is_exported_with_low_cardinality_labels(engine):
 
 def test_batch_histograms_count_each_model_batch_once(engine):
     metrics = Metrics(Stats(), engine.stats, gpu_memory=lambda: None)
+    engine.add_observer(metrics)
 
     def histogram(name):
         fam = _families(metrics)[name]
         return {s.name[len(name) + 1:]: s.value for s in fam.samples if "le" not in s.labels}
 
     engine.score(_pairs(60))
-    metrics.batch(60, 0.5)
+    metrics.scored(60, 0.5)
     first = engine.stats()
     assert first["batches"] > 1, "the small budget should split the call"
     assert histogram("mgeo_batch_pairs") == {"count": first["batches"],
                                              "sum": first["scored_pairs"]}
     assert histogram("mgeo_batch_tokens")["sum"] == first["padded_tokens"]
-    assert max(padded for _, padded, _ in engine.recent_batches) <= engine.token_budget
+    buckets = {s.labels["le"]: s.value for s in _families(metrics)["mgeo_batch_tokens"].samples
+               if "le" in s.labels}
+    assert buckets["256.0"] == buckets["+Inf"], "a batch went past the 256-token budget"
     assert histogram("mgeo_inference_seconds")["count"] == 1
 
     engine.score(_pairs(30, start=1000))
-    metrics.batch(30, 0.2)
+    metrics.scored(30, 0.2)
     second = engine.stats()
     assert histogram("mgeo_batch_pairs") == {"count": second["batches"],
                                              "sum": second["scored_pairs"]}
     assert histogram("mgeo_batch_tokens")["sum"] == second["padded_tokens"]
-    assert "mgeo_gpu_memory_bytes" not in _families(metrics)
+    # A CPU worker holds no GPU memory, and says so rather than leaving the series empty.
+    gpu = {s.labels["kind"]: s.value for s in _families(metrics)["mgeo_gpu_memory_bytes"].samples}
+    assert gpu == {"allocated": 0.0, "reserved": 0.0}
 
 
-def test_an_engine_without_batch_records_counts_the_call():
-    counts = {"padded_tokens": 0}
-    metrics = Metrics(Stats(), lambda: dict(counts), gpu_memory=lambda: None)
-    counts["padded_tokens"] = 640
-    metrics.batch(10, 0.1)
-    counts["padded_tokens"] = 1000
-    metrics.batch(4, 0.1)
-    fam = _families(metrics)
-    pairs = {s.name: s.value for s in fam["mgeo_batch_pairs"].samples if "le" not in s.labels}
-    tokens = {s.name: s.value for s in fam["mgeo_batch_tokens"].samples if "le" not in s.labels}
-    assert pairs == {"mgeo_batch_pairs_count": 2, "mgeo_batch_pairs_sum": 14}
-    assert tokens["mgeo_batch_tokens_sum"] == 1000
+def test_end_to_end_buckets_resolve_milliseconds():
+    metrics = Metrics(Stats(), gpu_memory=lambda: None)
+    now = time.time()
+    metrics.published([int(now * 1000) - 3, int(now * 1000) - 40, 0], now)  # 0: no timestamp
+    fam = _families(metrics)["mgeo_end_to_end_seconds"]
+    le = {s.labels["le"]: s.value for s in fam.samples if "le" in s.labels}
+    assert le["0.001"] == 0 and le["0.005"] == 1 and le["0.05"] == 2 and le["+Inf"] == 2
 
 
 def test_gpu_memory_is_read_from_torch_only_once_cuda_is_up(monkeypatch):
@@ -289,7 +295,7 @@ def test_gpu_memory_on_a_real_gpu(tiny_model):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from worker.engine import Engine
+    from mgeo.worker.inference.engine import Engine
 
     with Engine.from_settings(ModelSettings(model=tiny_model, device="cuda",
                                             token_budget=4096)) as engine:

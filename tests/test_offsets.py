@@ -1,75 +1,103 @@
-"""Commit positions never pass unanswered work."""
+"""Commit positions never pass unanswered work; partitions given up complete nothing."""
 
-from worker.offsets import OffsetTracker
+from mgeo.worker.stream.offsets import OffsetTracker
 
 TP = ("t", 0)
 
 
-def test_commits_only_the_contiguous_delivered_prefix():
+def test_commits_only_the_contiguous_completed_prefix():
     tr = OffsetTracker()
-    gen = tr.assign(TP)
-    for off in range(10, 15):
-        tr.add(TP, off)
-    tr.done(TP, 12, gen)
-    tr.done(TP, 11, gen)
-    assert tr.to_commit() == {}  # 10 is still in flight
-    tr.done(TP, 10, gen)
-    assert tr.to_commit() == {TP: 13}
-    tr.committed({TP: 13})
-    assert tr.to_commit() == {} and tr.inflight == 2
-    tr.done(TP, 14, gen)
-    tr.done(TP, 13, gen)
+    tr.assign(TP)
+    a = tr.add(TP, 10, 12, 2)  # offsets 10, 11
+    b = tr.add(TP, 12, 15, 3)  # offsets 12..14
+    assert tr.inflight == 5
+    assert tr.complete(b)
+    assert tr.to_commit() == {}  # 10 and 11 are still in flight
+    assert tr.complete(a)
     assert tr.to_commit() == {TP: 15} and tr.inflight == 0
+    tr.committed({TP: 15})
+    assert tr.to_commit() == {}
+    assert not tr.complete(a)  # once only
 
 
-def test_answers_of_an_old_generation_are_ignored():
+def test_gaps_in_offsets_commit_past_the_last_read():
     tr = OffsetTracker()
-    old = tr.assign(TP)
-    tr.add(TP, 0)
-    tr.release(TP)
-    new = tr.assign(TP)
-    tr.add(TP, 0)
-    tr.done(TP, 0, old)
-    assert tr.to_commit() == {} and not tr.current(TP, old) and tr.current(TP, new)
-    tr.done(TP, 0, new)
-    assert tr.to_commit() == {TP: 1}
+    tr.assign(TP)
+    seg = tr.add(TP, 3, 9, 2)  # offsets 3 and 8 (transaction markers or compaction between)
+    tr.complete(seg)
+    assert tr.to_commit() == {TP: 9}
+
+
+def test_segments_of_a_partition_given_up_complete_nothing():
+    tr = OffsetTracker()
+    tr.assign(TP)
+    old = tr.add(TP, 0, 1, 1)
+    assert tr.live(old)
+    assert tr.release(TP) == 1
+    tr.assign(TP)
+    assert not tr.live(old) and not tr.complete(old)
+    new = tr.add(TP, 0, 1, 1)
+    assert tr.complete(new) and tr.to_commit() == {TP: 1}
+
+
+def test_messages_of_a_partition_not_ours_are_not_tracked():
+    tr = OffsetTracker()
+    assert tr.add(("t", 7), 0, 5, 5) is None
+    assert tr.inflight == 0 and not tr.owns(("t", 7))
+
+
+def test_a_repeated_assignment_keeps_the_inflight_count_exact():
+    tr = OffsetTracker()
+    tr.assign(TP)
+    tr.add(TP, 0, 10, 10)
+    tr.assign(TP)  # assigned again without a revoke in between
+    assert tr.inflight == 0
+    tr.add(TP, 10, 12, 2)
+    assert tr.inflight == 2 and tr.unanswered() == 2
 
 
 def test_release_forgets_inflight():
     tr = OffsetTracker()
     tr.assign(TP)
-    tr.add(TP, 0)
-    tr.add(("t", 1), 5)
+    tr.assign(("t", 1))
+    tr.add(TP, 0, 1, 1)
+    tr.add(("t", 1), 5, 6, 1)
     assert tr.inflight == 2
     tr.release(TP)
     assert tr.inflight == 1 and tr.partitions() == [("t", 1)]
 
 
-def test_done_returns_the_offsets_it_completes_in_order():
-    t = OffsetTracker()
-    gen = t.assign(("in", 0))
-    for off in (10, 11, 12):
-        t.add(("in", 0), off)
-    assert t.done(("in", 0), 12, gen) == []  # waits for 10 and 11
-    assert t.done(("in", 0), 10, gen) == [10]
-    assert t.done(("in", 0), 11, gen) == [11, 12]
-    assert t.done(("in", 0), 11, gen - 1) == []  # a stale generation completes nothing
+def test_dropped_segments_are_not_live():
+    tr = OffsetTracker()
+    tr.assign(TP)
+    seg = tr.add(TP, 0, 3, 3)
+    seg.dropped = True
+    assert not tr.live(seg)
+
+
+def test_unconfirmed_counts_published_answers_only():
+    tr = OffsetTracker()
+    tr.assign(TP)
+    seg = tr.add(TP, 0, 3, 3)
+    seg.pending = 3
+    assert tr.unconfirmed({TP}) == 0  # not yet handed to the producer
+    seg.published = True
+    assert tr.unconfirmed({TP}) == 3
+    seg.pending = 0
+    tr.complete(seg)
+    assert tr.unconfirmed({TP}) == 0
 
 
 def test_rewind_goes_back_to_the_last_commit_and_drops_the_rest():
     t = OffsetTracker()
-    tp = ("in", 0)
-    gen = t.assign(tp)
-    for off in range(5, 10):
-        t.add(tp, off)
-    assert t.rewind(tp) == 5  # nothing committed yet: back to the first offset read
-    assert t.inflight == 0 and not t.current(tp, gen)
-    gen = t.generation(tp)
-    for off in range(5, 10):
-        assert t.add(tp, off) == gen
-    t.done(tp, 5, gen)
-    t.done(tp, 6, gen)
+    t.assign(TP)
+    first = t.add(TP, 5, 10, 5)
+    assert t.rewind(TP) == 5  # nothing committed yet: back to the first offset read
+    assert t.inflight == 0 and not t.live(first)
+    a = t.add(TP, 5, 7, 2)
+    b = t.add(TP, 7, 10, 3)
+    t.complete(a)
     t.committed(t.to_commit())
-    t.done(tp, 7, gen)
-    assert t.rewind(tp) == 7  # the committed position, not the answered-but-uncommitted 8
-    assert t.to_commit() == {} and t.inflight == 0
+    t.complete(b)
+    assert t.rewind(TP) == 7  # the committed position, not the completed-but-uncommitted 10
+    assert t.to_commit() == {} and t.inflight == 0 and not t.live(b)

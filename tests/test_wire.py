@@ -99,3 +99,17 @@ def test_any_json_is_classified(obj):
     value = orjson.dumps({"id": obj, "addr1": obj, "addr2": "x"})
     dec = wire.decode_request(value)
     assert isinstance(dec, (wire.Request, wire.Invalid, wire.DeadLetter))
+
+
+def test_typed_result_round_trip_and_rejects():
+    probs = {"not_match": 0.1, "partial_match": 0.2, "exact_match": 0.7}
+    value = wire.encode_result("i", probs, ["exact_match"], "m", True, {"k": 1}, True)
+    res = wire.parse_result(value)
+    assert res.ok and res.score == pytest.approx(0.7) and res.label == "exact_match"
+    assert res.truncated and res.meta == {"k": 1} and orjson.dumps(res.to_dict()) == value
+    err = wire.parse_result(wire.encode_error("j", wire.SCORING_FAILED, "boom", "m"))
+    assert not err.ok and err.error_code == "scoring_failed" and not err.has_meta
+    for bad in (b"nope", b"[1]", b'{"score": 1}', b'{"id": "x"}', b'{"id": "x", "error": 3}',
+                b'{"id": "x", "score": true, "probs": {}}'):
+        with pytest.raises(ValueError):
+            wire.parse_result(bad)

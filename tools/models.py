@@ -1,0 +1,77 @@
+"""Random BERT models for tests and benchmarks, built offline and cached.
+
+Real MGeo weights cannot be downloaded here, and compute cost does not depend on weight values,
+so a random BERT of MGeo's shape (12 layers, hidden 768, 12 heads) with the character tokenizer
+is an honest stand-in for speed; smaller shapes make fast tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mgeo.files import atomic_directory
+from mgeo.wire import MGEO_LABELS
+
+
+
+def cache_dir() -> Path:
+    """Where built models are kept: $MGEO_CACHE_DIR, else ~/.cache/mgeo."""
+    env = os.environ.get("MGEO_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mgeo"
+
+
+def cached_model(name: str, build: Callable[[Path], object]) -> Path:
+    """`cache_dir()/name`, made by `build(tmp_dir)` on first use and put in place whole, so
+    concurrent runs never see a half-written model (the loser of a race discards its copy)."""
+    target = cache_dir() / name
+    if not (target / "model.safetensors").is_file():
+        with atomic_directory(target, replace=False) as tmp:
+            build(tmp)
+    return target
+
+
+def build_random_model(out_dir, *, layers: int = 12, hidden: int = 768, heads: int = 12,
+                       intermediate: int | None = None, labels: Sequence[str] = MGEO_LABELS,
+                       seed: int = 0, max_position: int = 512) -> Path:
+    """A randomly initialised BertForSequenceClassification with the character tokenizer,
+    saved as safetensors; the same seed gives the same weights."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from mgeo.training.vocab import build_char_tokenizer
+    from mgeo.worker.inference.model import quiet_progress
+
+    out = Path(out_dir)
+    tok = build_char_tokenizer(out, max_length=max_position)
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
+        max_position_embeddings=max_position, type_vocab_size=2,
+        num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config).eval()
+    with quiet_progress():
+        model.save_pretrained(out)
+    return out
+
+
+def bert_base(seed: int = 0) -> tuple[Path, str]:
+    """A cached random BERT-base (MGeo's shape) and a description of it."""
+    name = f"bench-bert-base-seed{seed}-v1"
+    path = cached_model(name, lambda out: build_random_model(out, seed=seed))
+    return path, ("random BERT-base (12 layers, hidden 768, 12 heads, char vocab 21,209), "
+                  f"cached at {path}")
+
+
+def nearly_free(seed: int = 0) -> tuple[Path, str]:
+    """A cached 1-layer, hidden-16 BERT with the same tokenizer: its compute is negligible, so
+    what is measured with it is the host path (tokenizing, Kafka, encoding)."""
+    name = f"bench-nearly-free-seed{seed}-v1"
+    path = cached_model(name, lambda out: build_random_model(
+        out, layers=1, hidden=16, heads=1, intermediate=16, seed=seed))
+    return path, f"nearly free BERT (1 layer, hidden 16, char vocab), cached at {path}"

@@ -1,0 +1,124 @@
+"""Finding, building and loading sequence-classification models from local directories only.
+
+Models are read from disk, never fetched from a hub and never unpickled as arbitrary code: the
+worker runs without internet access and model directories may come from anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+def default_model_dir() -> Path:
+    """The bundled demonstration model (see its README.md), shipped inside this package."""
+    bundled = Path(__file__).resolve().parent / "default_model"
+    if not (bundled / "model.safetensors").is_file():
+        raise ValueError(f"the bundled model is missing from {bundled} (a broken install?); "
+                         "reinstall mgeo-stream, or pass --model DIR")
+    return bundled
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-file progress bars, which would litter worker logs."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _is_modelscope(path: Path) -> bool:
+    """An MGeo checkpoint in ModelScope's layout: its config has MGeo's GIS/fusion fields."""
+    import json
+
+    if not (path / "configuration.json").is_file():
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("fusion_layer" in config or "gis_encoder" in config)
+
+
+def _explain_not_hf(path: Path) -> str:
+    if (path / "configuration.json").is_file():
+        return (f"{path} looks like a ModelScope checkpoint, which this worker cannot load "
+                f"directly; convert it once with `mgeo convert {path} DST` and pass "
+                "--model DST")
+    return (f"{path} is not a Hugging Face model directory (no config.json); pass a directory "
+            "saved by save_pretrained, or convert a ModelScope checkpoint with "
+            "`mgeo convert SRC DST`")
+
+
+def load_model(path):
+    """(tokenizer, model, id2label) from a local Hugging Face directory, on the CPU, in eval mode.
+
+    Safetensors are preferred; a lone pytorch_model.bin is read with `weights_only=True`, so a
+    malicious pickle cannot run code. Remote code is never trusted.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"model directory {path} does not exist; pass --model DIR "
+                         "(a Hugging Face directory) or leave it out for the bundled model")
+    if not (path / "config.json").is_file() or _is_modelscope(path):
+        raise ValueError(_explain_not_hf(path))
+    has_safetensors = any(path.glob("*.safetensors"))
+    has_bin = (path / "pytorch_model.bin").is_file()
+    if not has_safetensors and not has_bin:
+        raise ValueError(f"{path} has a config.json but no weights (model.safetensors or "
+                         "pytorch_model.bin)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot load the tokenizer of {path}: {exc}; the directory needs "
+                         "vocab.txt and tokenizer_config.json (or tokenizer.json)") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"the tokenizer of {path} is not a fast (Rust) tokenizer; add a "
+                         "tokenizer.json or a BertTokenizer tokenizer_config.json")
+    try:
+        with quiet_progress():
+            if has_safetensors:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    path, use_safetensors=True, local_files_only=True, trust_remote_code=False,
+                    attn_implementation="sdpa")
+            else:
+                model = _load_bin(path, AutoConfig.from_pretrained(
+                    path, local_files_only=True, trust_remote_code=False))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot load a sequence-classification model from {path}: {exc}") \
+            from exc
+    model.eval()
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    if sorted(id2label) != list(range(model.config.num_labels)):
+        raise ValueError(f"{path}/config.json: id2label {id2label} does not name labels "
+                         f"0..{model.config.num_labels - 1}; fix id2label there")
+    return tokenizer, model, id2label
+
+
+def _load_bin(path: Path, config):
+    """Build the model from its config and fill it from pytorch_model.bin, tensors only."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"pytorch_model.bin lacks {len(missing)} weights, e.g. {missing[:3]}; "
+                         "if this is a ModelScope checkpoint, run `mgeo convert SRC DST`")
+    if unexpected:
+        log.warning("ignored %d unexpected weights in %s, e.g. %s", len(unexpected), path,
+                    unexpected[:3])
+    return model

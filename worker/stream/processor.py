@@ -1,0 +1,337 @@
+"""The Kafka loop: poll, pause, rebalance, commit, shut down; everything else is delegated.
+
+The `StreamProcessor` owns the consumer. Each poll returns as soon as a message is there (and
+takes whatever else is already fetched); `Intake` turns the messages into a unit, the
+`InferenceStage` scores it and hands it to the delivery strategy (`AtLeastOnce` or
+`ExactlyOnce`), which produces its answers at once. The loop itself only commits, every
+--commit-interval, what the strategy says is final. When too many requests are in flight it
+pauses its partitions and keeps polling, so it stays in the group however slow a batch is.
+
+Rebalances: before a partition goes, its queued work is dropped (the new owner reads it again),
+work under way is finished and delivered, and its offsets are committed; then it is released,
+and no later answer of it is sent. A lost partition is released at once, with nothing committed.
+
+Stopping: the first SIGTERM drains (finishes and commits what was read, in bounded time), a
+second one means "leave now" everywhere, waits for a rebalance included. A failure anywhere
+(engine broken, fenced producer, unwritable answers) stops the loop with exit code 1 and one
+line; after it nothing more is committed.
+
+This module knows nothing of torch: inference is a `Scorer` (see scoring.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaError, KafkaException
+
+from mgeo.kafka import client_logging
+from mgeo.logs import RateLimitedLog
+from mgeo.settings import WorkerSettings, redact
+from mgeo.worker.stream.clients import Clients, consumer_config, kafka_clients, producer_config
+from mgeo.worker.stream.delivery import Answers, AtLeastOnce, Delivery
+from mgeo.worker.stream.events import Control, Observer, Stats
+from mgeo.worker.stream.inference import InferenceStage
+from mgeo.worker.stream.intake import FatalStop, Intake
+from mgeo.worker.stream.offsets import TP, OffsetTracker
+from mgeo.worker.stream.scoring import Scorer
+from mgeo.worker.stream.transactions import ExactlyOnce
+
+log = logging.getLogger("mgeo.worker")
+
+
+class StreamProcessor:
+    def __init__(self, settings: WorkerSettings, scorer: Scorer, *,
+                 observer: Observer | None = None, clients: Clients | None = None,
+                 stats: Stats | None = None):
+        self.s = settings
+        self.scorer = scorer
+        self.observer = observer
+        self.clients = clients or kafka_clients()
+        self.stats = stats or Stats()
+        self.tracker = OffsetTracker()
+        self.control = Control()
+        self.progress = self.control.progress  # notified whenever work moves or stops
+        self.consumer = None
+        self.producer = None
+        self.delivery: Delivery | None = None
+        self._ratelog = RateLimitedLog(log)
+        self._paused = False
+        self._closing = False
+        self._deadline: float | None = None  # set when stopping: bounds the whole drain
+        self._last_commit = time.monotonic()
+        self.intake = Intake(
+            topic=settings.input_topic, output_topic=settings.output_topic,
+            dlq_topic=settings.dlq_topic, max_bytes=settings.max_request_bytes,
+            max_chars=settings.max_address_chars,
+            dead_letter_window=settings.dead_letter_window,
+            max_dead_letter_ratio=settings.max_dead_letter_ratio, error_value=scorer.error,
+            tracker=self.tracker, stats=self.stats, ratelog=self._ratelog)
+        self.stage: InferenceStage | None = None
+
+    # -- control (see events.Control) -----------------------------------------------------
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self.control.failure
+
+    def stop(self) -> None:
+        """Stop polling, drain, commit and return."""
+        self.control.stop()
+
+    def hurry(self) -> None:
+        """Stop waiting for work in flight anywhere: commit what is answered and leave now."""
+        self.control.hurry()
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop on a failure (the first one is kept); nothing more is committed."""
+        self.control.fail(exc)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code (0, or 1 after a failure)."""
+        try:
+            self._open()
+        except FatalStop as exc:
+            log.error("%s", exc)
+            self._close_consumer()
+            return 1
+        try:
+            while not self.control.stopping.is_set():
+                self._tick()
+        except Exception as exc:  # noqa: BLE001 - FatalStop and anything unexpected: stop
+            self.fail(exc)
+        self._shutdown()
+        if self.failure is not None:
+            log.error("stopped on failure: %s (offsets of unanswered work were not committed; "
+                      "it will be read again)", _reason(self.failure))
+            return 1
+        return 0
+
+    def _open(self) -> None:
+        s = self.s
+        # One rate limiter for both clients: a broker that is down is one story, told once
+        # per interval per kind of error, not once per client.
+        logging_conf = client_logging("mgeo.kafka", on_fatal=self._client_fatal)
+        cconf = consumer_config(s, **logging_conf, stats_cb=(
+            self.observer.librdkafka_stats if self.observer is not None else None))
+        pconf = producer_config(s, **logging_conf)
+        log.info("starting: input %s, output %s, dead letters %s, group %s, bootstrap %s, %s",
+                 s.input_topic, s.output_topic, s.dlq_topic, s.group_id, s.bootstrap_servers,
+                 s.delivery)
+        log.debug("consumer config %s", redact({k: str(v) for k, v in cconf.items()}))
+        self.consumer = self.clients.consumer(cconf)
+        self.producer = self.clients.producer(pconf)
+        self.delivery = _delivery(self, pconf)
+        self.stage = InferenceStage(self.scorer, self.delivery.publish, tracker=self.tracker,
+                                    stats=self.stats, max_pairs=s.max_batch_pairs,
+                                    on_failure=self.fail, progress=self.progress,
+                                    observer=self.observer)
+        self.stage.start()
+        self.consumer.subscribe([s.input_topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _tick(self) -> None:
+        first = self.consumer.poll(self.s.poll_timeout)  # returns as soon as a message is there
+        if first is not None:
+            msgs = [first]
+            if self.s.consume_batch > 1:  # and whatever else is already fetched, no waiting
+                msgs += self.consumer.consume(self.s.consume_batch - 1, 0)
+            good = [m for m in msgs if m.error() is None or self._consumer_error(m.error())]
+            unit = self.intake.take(good) if good else None
+            if unit is not None:
+                self.stage.put(unit)
+        now = time.monotonic()
+        if now - self._last_commit >= self.s.commit_interval:
+            self._commit()
+        self._backpressure()
+        self.stats.last_tick = now
+        self.stats.last_tick_unix = time.time()
+        if self.s.max_messages and self.stats.answered >= self.s.max_messages:
+            log.info("answered %d messages (--max-messages); stopping", self.stats.answered)
+            self.control.stop()
+
+    def _consumer_error(self, err: KafkaError) -> bool:
+        if err.fatal():
+            raise FatalStop(f"fatal consumer error: {err.str()}")
+        self._ratelog(f"consume:{err.code()}", logging.WARNING, "consumer: %s", err.str())
+        return False
+
+    def _client_fatal(self, err: KafkaError) -> None:
+        hint = ""
+        if err.code() == KafkaError._FENCED and self.s.delivery == "exactly-once":
+            hint = (". Another worker uses the same transactional id "
+                    f"({self.s.transactional_id_or_default()}): give each worker its own "
+                    "--transactional-id (e.g. the pod name)")
+        self.fail(FatalStop(f"fatal Kafka client error: {err.str()}{hint}"))
+
+    def _commit(self, tps: set[TP] | None = None) -> None:
+        self._last_commit = time.monotonic()
+        if self.failure is None:
+            self.delivery.commit(self.consumer, tps)
+
+    def _txn_deadline(self) -> float:
+        # A transactional call blocks the loop: stay well inside max.poll.interval.ms, and
+        # inside the drain's deadline when stopping.
+        limit = time.monotonic() + min(self.s.shutdown_timeout,
+                                       self.s.max_poll_interval_ms / 2000)
+        return min(limit, self._deadline) if self._deadline else limit
+
+    def _backpressure(self) -> None:
+        inflight = self.tracker.inflight
+        if not self._paused and inflight >= self.s.max_inflight:
+            self._paused = True
+            self.consumer.pause(self.consumer.assignment())
+            log.info("%d requests in flight: pausing consumption (still polling)", inflight)
+        elif self._paused and inflight <= self.s.max_inflight // 2:
+            self._paused = False
+            self.consumer.resume(self.consumer.assignment())
+            log.info("%d requests in flight: resuming consumption", inflight)
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    def _on_assign(self, consumer, partitions) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        for tp in tps:
+            self.tracker.assign(tp)
+        self.stats.assignments += 1
+        self.stats.ready = True  # joined the group (an assignment may be empty)
+        self.stats.assigned = sorted(set(self.stats.assigned) | set(tps))
+        log.info("assigned %d partitions: %s", len(tps), _names(tps))
+        if self._paused and partitions:  # keep new partitions paused with the rest
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        if not tps:
+            return
+        self.stats.revocations += 1
+        self.control.notify()
+        finished = True
+        if self.failure is None:
+            self.stage.drop_queued(tps)
+            if not self._closing:  # (when closing, the drain already waited)
+                deadline = self._deadline or time.monotonic() + self.s.shutdown_timeout
+                finished = self.control.wait(lambda: not self.stage.busy(tps)
+                                      and self.delivery.settled(tps), deadline)
+            try:
+                self._commit(tps)  # exactly-once: the whole transaction
+            except FatalStop as exc:
+                self.fail(exc)
+        unanswered = self._release(tps)
+        if self.failure is not None:
+            what = "nothing committed after the failure"
+        elif finished:
+            what = "answered work committed"
+        else:
+            what = "answered work committed; the wait for the rest was cut short"
+        if unanswered:
+            what += f"; {unanswered} unanswered requests go to the next owner"
+        log.info("revoked %d partitions: %s (%s)", len(tps), _names(tps), what)
+
+    def _release(self, tps: set[TP]) -> int:
+        unanswered = sum(self.tracker.release(tp) for tp in tps)
+        self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
+        self.control.notify()
+        return unanswered
+
+    def _on_lost(self, consumer, partitions) -> None:
+        tps = {(p.topic, p.partition) for p in partitions}
+        self.stats.losses += 1
+        unanswered = self._release(tps)  # (notifies)
+        if self.stage is not None:
+            self.stage.drop_queued(tps)
+        try:
+            self.delivery.lost(consumer, tps)
+        except FatalStop as exc:
+            self.fail(exc)
+        log.warning("lost %d partitions: %s (nothing committed; their %d unanswered requests "
+                    "are read again by the new owner)", len(tps), _names(tps), unanswered)
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        deadline = self._deadline = time.monotonic() + self.s.shutdown_timeout
+        if self.consumer is not None:
+            try:
+                self.consumer.pause(self.consumer.assignment())
+            except KafkaException:
+                pass
+        if self.stage is not None:
+            self.stage.close()
+        if self.failure is None:
+            log.info("stopping: finishing %d requests in flight", self.tracker.inflight)
+            self._drain(deadline)
+        try:
+            self._commit()
+        except Exception as exc:  # noqa: BLE001 - e.g. fenced at the last commit
+            self.fail(exc)
+        unanswered = self.tracker.unanswered()
+        if unanswered:
+            log.warning("%d requests read were not answered and committed; they will be read "
+                        "again", unanswered)
+        self._closing = True
+        self._close_consumer()
+        hurry = self.control.hurrying.is_set() or self.failure is not None
+        if self.stage is not None:
+            self.stage.join(0.1 if hurry else max(0.1, deadline - time.monotonic()))
+        if self.delivery is not None:
+            self.delivery.close(1.0 if hurry else max(1.0, deadline - time.monotonic()))
+        log.info("stopped: %d answered (%d scored, %d error results, %d dead letters)",
+                 self.stats.answered, self.stats.scored, self.stats.error_results,
+                 self.stats.dead_letters)
+
+    def _drain(self, deadline: float) -> None:
+        """Finish what was read, committing every --commit-interval (an exactly-once drain
+        thus never sits in one transaction longer than that)."""
+        while True:
+            step = min(deadline, time.monotonic() + self.s.commit_interval)
+            done = self.control.wait(lambda: self.stage.idle() and self.delivery.settled(), step)
+            if done or self.control.hurrying.is_set() or self.failure is not None \
+                    or time.monotonic() >= deadline:
+                return
+            try:
+                self._commit()
+            except FatalStop as exc:
+                self.fail(exc)
+                return
+            self.consumer.poll(0)  # serves rebalance callbacks; paused, it returns nothing new
+
+    def _close_consumer(self) -> None:
+        if self.consumer is None:
+            return
+        try:
+            self.consumer.close()
+        except Exception as exc:  # noqa: BLE001 - closing must not turn into a traceback
+            log.warning("closing the consumer: %s", _reason(exc))
+
+
+def _delivery(proc: StreamProcessor, pconf: dict) -> Delivery:
+    """The delivery strategy of the settings, on the processor's producer."""
+    s = proc.s
+    answers = Answers(output_topic=s.output_topic, dlq_topic=s.dlq_topic,
+                      model_name=proc.scorer.model_name)
+    if s.delivery != "exactly-once":
+        return AtLeastOnce(proc.producer, tracker=proc.tracker, stats=proc.stats,
+                           answers=answers, on_failure=proc.fail, progress=proc.progress,
+                           ratelog=proc._ratelog)
+    eos = ExactlyOnce(proc.producer, tracker=proc.tracker, stats=proc.stats, answers=answers,
+                      intake=proc.intake, on_failure=proc.fail, progress=proc.progress,
+                      ratelog=proc._ratelog, txn_deadline=proc._txn_deadline,
+                      transactional_id=pconf["transactional.id"])
+    eos.init()
+    log.info("exactly-once: transactional id %s ready", pconf["transactional.id"])
+    return eos
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc) or type(exc).__name__
+
+
+def _names(tps) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps)) or "none"
