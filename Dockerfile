@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 #
-# The MGeo worker: `mgeo worker` on a CUDA runtime image, as an unprivileged user.
+# The MGeo worker: `mgeo worker` with PyPI's CUDA build of torch on a slim Python image, as an
+# unprivileged user.
 #
 #   docker build -t mgeo-worker .
 #       No model inside: mount one and point MGEO_MODEL at it, or leave MGEO_MODEL unset for the
@@ -14,29 +15,50 @@
 #       --build-context the directory is empty and the worker refuses to start, loudly.
 #
 # The same image runs on CPU-only hosts with MGEO_DEVICE=cpu.
+#
+# Python packages: deploy/requirements/worker.txt pins every one (torch at the version CI tests,
+# transformers and tokenizers at the versions the test suite ran with; `deploy/lock.py` writes
+# it). They are installed in a layer that sees only that file, so a source change rebuilds just
+# the small layer that installs the package itself. torch comes from PyPI, whose Linux x86_64
+# wheels are CUDA builds carrying their CUDA and cuDNN libraries as pip packages: the host
+# needs only the NVIDIA driver and container toolkit. For another CUDA flavour of the same torch
+# version pass e.g. --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130.
 
-# A PyTorch runtime image: CUDA and cuDNN libraries with a matching torch already installed.
-ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+# CPython 3.11, as in CI (the lock file is resolved for it).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # The model to bake in; `--build-context model=DIR` replaces this empty stage.
 FROM scratch AS model
 
-FROM ${BASE_IMAGE} AS runtime
+# The dependency layer: only the lock file goes in, so it stays cached across source changes.
+FROM ${PYTHON_IMAGE} AS deps
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_WARN_SCRIPT_LOCATION=1
 
-# Install the package with the model stack, keeping the base image's CUDA build of torch
-# (the constraint stops pip from swapping it for a different wheel). The source is bind-mounted,
-# so no copy of it stays in a layer.
-RUN --mount=type=bind,target=/src,rw \
+ARG TORCH_INDEX_URL=""
+RUN --mount=type=bind,source=deploy/requirements/worker.txt,target=/tmp/requirements.txt \
     --mount=type=cache,target=/root/.cache/pip \
-    python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-constraint.txt \
-    && pip install --constraint /tmp/torch-constraint.txt "/src[worker]" \
-    && rm /tmp/torch-constraint.txt \
+    pip install --requirement /tmp/requirements.txt \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+    && pip check \
+    && python -c "import torch, transformers, tokenizers, safetensors, prometheus_client, confluent_kafka; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+# The package itself, without dependencies (all pinned above; tests/test_compose.py checks that
+# the lock file covers pyproject.toml, and `pip check` here that the core ones are met). The
+# source is bind-mounted, so no copy of it stays in a layer.
+FROM deps AS runtime
+
+RUN --mount=type=bind,target=/src,rw \
+    pip install --no-deps --no-build-isolation /src \
+    && pip check \
     && mgeo worker --help > /dev/null \
-    && python -c "import torch, transformers, tokenizers, safetensors, prometheus_client, worker.app"
+    && python -c "import mgeo.worker.app"
+
+# What the NVIDIA container runtime mounts into the container: the CUDA driver API.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # An unprivileged user with a fixed uid (Kubernetes' runAsNonRoot checks the number). Its cache
 # directory holds Hugging Face, Triton and torch-inductor caches; mount an emptyDir there when

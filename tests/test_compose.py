@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from mgeo import settings as settings_mod
-from mgeo.cli import COMMANDS, main
+from mgeo.tools.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -178,7 +178,7 @@ def test_workers_run_the_mgeo_worker_command(services):
     for svc in worker_services(services).values():
         assert argv(svc) == ["mgeo", "worker"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["mgeo"] == "mgeo.cli:main"
+    assert scripts["mgeo"] == "mgeo.tools.cli:main"
     assert COMMANDS["worker"][0] == "WorkerSettings"
 
 
@@ -195,12 +195,12 @@ def test_mgeo_worker_help_parses(capsys):
 
 
 def test_the_tests_drive_the_same_worker_cli():
-    """The suite runs `python -m mgeo.cli worker`; the `mgeo` script is that same main()."""
+    """The suite runs `python -m mgeo.tools.cli worker`; the `mgeo` script is that same main()."""
     import inspect
 
     from conftest import WorkerProcess
 
-    assert '"-m", "mgeo.cli", "worker"' in inspect.getsource(WorkerProcess)
+    assert '"-m", "mgeo.tools.cli", "worker"' in inspect.getsource(WorkerProcess)
 
 
 def test_every_flag_and_variable_is_in_the_commands_help(services, capsys):
@@ -257,7 +257,7 @@ def test_demo_publishes_the_bundled_sample_and_collects(services):
     host, container = producer["volumes"][0].split(":")[:2]
     assert args[2].startswith(container + "/")
     sample = (ROOT / host / args[2][len(container) + 1:]).resolve()
-    assert sample == (ROOT / "mgeo" / "data" / "sample_pairs.csv").resolve()
+    assert sample == (ROOT / "tools" / "data" / "sample_pairs.csv").resolve()
     assert sample.is_file(), f"{sample} (the bundled sample) is missing"
     assert argv(collector)[:2] == ["mgeo", "collect"]
     worker = env(services["worker"])
@@ -282,6 +282,61 @@ def test_prometheus_scrapes_every_worker(services):
     for name, svc in workers.items():
         assert (name, int(env(svc)["MGEO_METRICS_PORT"])) in targets, name
     assert "127.0.0.1:9090:9090" in prom["ports"]
+
+
+def _mounts(service: dict) -> dict[str, Path]:
+    """container path -> host path (relative ones resolved against the repository)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        host, container = volume.split(":")[:2]
+        out[container] = (ROOT / host).resolve()
+    return out
+
+
+def test_prometheus_loads_the_tested_alert_rules(services):
+    import fnmatch
+
+    prom = services["prometheus"]
+    mounts = _mounts(prom)
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text(encoding="utf-8"))
+    loaded = [c for c in mounts for pattern in config["rule_files"]
+              if fnmatch.fnmatch(c, pattern)]
+    assert [mounts[c] for c in loaded] == [(ROOT / "deploy" / "alerts.yml").resolve()]
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text(encoding="utf-8"))
+    assert rules["groups"][0]["rules"], "deploy/alerts.yml holds the rules"
+
+
+def test_grafana_provisions_the_dashboard_on_the_compose_prometheus(services):
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"]), "a pinned release"
+    assert "profiles" not in grafana, "starts with `docker compose up`"
+    assert grafana["depends_on"] == ["prometheus"]
+    assert all(p.startswith("127.0.0.1:") for p in grafana["ports"])
+    mounts = _mounts(grafana)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text(
+        encoding="utf-8"))["datasources"]
+    prom_port = services["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == f"http://prometheus:{prom_port}"
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["global"]
+    assert source["jsonData"]["timeInterval"] == scrape["scrape_interval"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "mgeo.yml").read_text(
+        encoding="utf-8"))["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert dashboards == (ROOT / "deploy" / "grafana" / "dashboards").resolve()
+    board = json.loads((dashboards / "mgeo-worker.json").read_text(encoding="utf-8"))
+    assert board["uid"] == "mgeo-worker"
+    home = env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert mounts[home.rsplit("/", 1)[0]] / home.rsplit("/", 1)[1] == dashboards / "mgeo-worker.json"
+
+
+def test_workers_can_run_several_processes(services):
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert "MGEO_PROCESSES: ${MGEO_PROCESSES:-1}" in text
+    for name, svc in worker_services(services).items():
+        assert env(svc)["MGEO_PROCESSES"] == "1", name
+    assert "processes" in settings_mod.WorkerSettings.model_fields
 
 
 # ---- Dockerfiles ------------------------------------------------------------------------------
@@ -345,7 +400,8 @@ def test_worker_image_runs_mgeo_worker_unprivileged(services):
     assert last(steps, "EXPOSE") == port == env(services["worker"])["MGEO_METRICS_PORT"]
     health = last(steps, "HEALTHCHECK")
     assert "/healthz" in health and "MGEO_METRICS_PORT" in health
-    assert any(w == "RUN" and "[worker]" in r for w, r in steps), "installs the worker extra"
+    assert any(w == "RUN" and "deploy/requirements/worker.txt" in r for w, r in steps), \
+        "installs the worker's pinned dependencies"
     for key in env_of(steps):
         if key.startswith("MGEO_"):
             assert key[5:].lower() in settings_mod.WorkerSettings.model_fields, key
@@ -365,12 +421,141 @@ def test_baked_image_sets_the_model_path_the_chart_uses():
 def test_producer_image_has_no_model_stack():
     steps = instructions(ROOT / "Dockerfile.producer")
     runs = " ".join(r for w, r in steps if w == "RUN")
-    assert "pip install /src" in runs
+    assert re.search(r"pip install (--[-a-z]+ )*/src", runs)
     assert "[worker]" not in runs and "torch" not in runs
+    assert "deploy/requirements/producer.txt" in runs
+    assert "torch" not in lock_pins(ROOT / "deploy/requirements/producer.txt")
     assert json.loads(last(steps, "ENTRYPOINT")) == ["mgeo"]
     assert last(steps, "USER").split(":")[0] not in ("root", "0")
     assert last(steps, "FROM").split()[0].startswith("${PYTHON_IMAGE}")
     assert "slim" in next(r for w, r in steps if w == "ARG" and r.startswith("PYTHON_IMAGE"))
+
+
+# ---- pinned dependencies, cached apart from the source ------------------------------------------
+
+LOCKS = {"Dockerfile": ROOT / "deploy/requirements/worker.txt",
+         "Dockerfile.producer": ROOT / "deploy/requirements/producer.txt"}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s;]*)", line)
+        assert m, f"{path.name}: not an exact pin: {line!r}"
+        name = canonical(m.group(1))
+        assert name not in pins, f"{path.name}: {name} pinned twice"
+        pins[name] = m.group(2)
+    return pins
+
+
+def ci_torch_pins() -> set[str]:
+    """torch==X in .ci/run and in the README's install commands (CI runs exactly those)."""
+    pins = set(re.findall(r"torch==([0-9][^\s'\"]*)", (ROOT / ".ci/run").read_text()))
+    head = (ROOT / "README.md").read_text(encoding="utf-8").split("```")[1]
+    pins |= set(re.findall(r"torch==([0-9][^\s'\"]*)", head))
+    return pins
+
+
+def test_worker_image_torch_is_the_version_ci_tests():
+    (tested,) = ci_torch_pins()
+    assert lock_pins(LOCKS["Dockerfile"])["torch"] == tested
+    assert "pytorch/pytorch" not in (ROOT / "Dockerfile").read_text(), \
+        "no base image with a torch of its own: the lock file decides the version"
+
+
+@pytest.mark.parametrize("dockerfile", list(LOCKS))
+def test_lock_pins_every_dependency_pyproject_asks_for(dockerfile):
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = list(project["project"]["dependencies"])
+    if dockerfile == "Dockerfile":
+        wanted += project["project"]["optional-dependencies"]["worker"]
+    wanted += project["build-system"]["requires"]  # installed with --no-build-isolation
+    pins = lock_pins(LOCKS[dockerfile])
+    for text in wanted:
+        req = Requirement(text)
+        name = canonical(req.name)
+        assert name in pins, f"{LOCKS[dockerfile].name} lacks {name}: run deploy/lock.py"
+        assert req.specifier.contains(pins[name], prereleases=True), \
+            f"{LOCKS[dockerfile].name}: {name}=={pins[name]} does not satisfy {text}"
+
+
+@pytest.mark.parametrize("dockerfile", list(LOCKS))
+def test_lock_is_what_the_tests_run_with(dockerfile):
+    """The image ships the versions this suite passed with (torch compared without its
+    +cpu/+cu local label). A failure means the environment moved: run deploy/lock.py."""
+    import importlib.metadata as md
+
+    drift = {}
+    for name, pinned in lock_pins(LOCKS[dockerfile]).items():
+        try:
+            installed = md.version(name).split("+", 1)[0]
+        except md.PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            drift[name] = (pinned, installed)
+    assert not drift, f"{LOCKS[dockerfile].name} (pinned, installed): {drift}; " \
+                      "regenerate it with .venv/bin/python deploy/lock.py"
+
+
+def _mount_options(run: str) -> list[dict[str, str]]:
+    out = []
+    for m in re.finditer(r"--mount=(\S+)", run):
+        out.append(dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in m.group(1).split(",")))
+    return out
+
+
+@pytest.mark.parametrize("dockerfile", list(LOCKS))
+def test_dependency_layer_sees_only_the_lock_file(dockerfile):
+    """Docker caches a layer while its inputs are unchanged: the dependency install must not see
+    the source tree (no COPY of it, no bind mount of the whole context), or every source change
+    reinstalls torch. The package itself is installed afterwards, without dependencies."""
+    stage_map = stages(ROOT / dockerfile)
+    target = list(stage_map)[-1]
+    steps = effective(stage_map, target)
+    lock = str(LOCKS[dockerfile].relative_to(ROOT))
+    (deps_at,) = [i for i, (w, r) in enumerate(steps) if w == "RUN" and lock in r]
+    (src_at,) = [i for i, (w, r) in enumerate(steps)
+                 if w == "RUN" and any(m.get("target") == "/src" for m in _mount_options(r))]
+    assert deps_at < src_at
+    for word, rest in steps[:deps_at]:
+        assert word not in ("COPY", "ADD") or "--from=" in rest, (word, rest)
+    binds = [m for m in _mount_options(steps[deps_at][1]) if m.get("type") == "bind"]
+    assert binds and all(m.get("source") == lock for m in binds), binds
+    source_install = steps[src_at][1]
+    assert "--no-deps" in source_install and "--no-build-isolation" in source_install
+    assert "pip check" in source_install
+
+
+def _ignored(path: str, rules: list[str]) -> bool:
+    """.dockerignore semantics: the last rule matching the path or a parent of it decides."""
+    import fnmatch
+
+    parts = path.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for rule in rules:
+        negate = rule.startswith("!")
+        pattern = rule[1:] if negate else rule
+        if any(fnmatch.fnmatch(c, pattern) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_the_lock_files_in_the_context():
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    for lock in LOCKS.values():
+        assert not _ignored(str(lock.relative_to(ROOT)), rules), lock
+    assert _ignored("deploy/monitoring.py", rules) and _ignored("helm/mgeo-worker", rules)
 
 
 def test_dockerignore_keeps_the_context_small_but_complete():

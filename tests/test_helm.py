@@ -7,10 +7,15 @@ fail). The CRDs (KEDA's ScaledObject and TriggerAuthentication, the Prometheus o
 ServiceMonitor) have no bundled schema: they are checked against strict schemas written below
 from the projects' documentation (KEDA 2.17, prometheus-operator monitoring.coreos.com/v1), and
 the HPA behavior KEDA passes through is checked against Kubernetes' own HPA schema.
+
+Rendering takes the cluster's API versions (`.Capabilities.APIVersions`), as `helm install` gets
+them from the API server and `helm template --api-versions` from its flags: by default a cluster
+with KEDA and the Prometheus operator, and without them where a test says so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -26,7 +31,13 @@ from mgeo.settings import WorkerSettings, read_properties
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "mgeo-worker"
 K8S_VERSION = "1.33"
-CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+# API versions of the custom resources, as discovery lists them (group/version/Kind).
+KEDA_API = ["keda.sh/v1alpha1", "keda.sh/v1alpha1/ScaledObject",
+            "keda.sh/v1alpha1/TriggerAuthentication"]
+PROMETHEUS_OPERATOR_API = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
+                           "monitoring.coreos.com/v1/PrometheusRule"]
+FULL_CLUSTER = KEDA_API + PROMETHEUS_OPERATOR_API
 RELEASE, NAMESPACE = "scorer", "scoring"
 GPU = "nvidia.com/gpu"
 
@@ -54,14 +65,18 @@ SCENARIOS = {
                    "secretSettings": {"producer_config": {"sasl.oauthbearer.client.secret": "x"}},
                    "existingSettingsSecret": "mgeo-extra-env"},
         "model": {"source": "pvc", "pvc": {"claimName": "mgeo-model", "subPath": "v1.2"}},
-        "gpu": {"count": 2},
+        "image": {"repository": "registry.example/mgeo-worker", "tag": "v1.2.0",
+                  "digest": "sha256:" + "ab" * 32},
+        "gpu": {"count": 1},
         "autoscaling": {"maxReplicas": 24, "keda": {
             "secretTargetRef": [{"parameter": "sasl", "name": "kafka-keda", "key": "sasl"},
                                 {"parameter": "username", "name": "kafka-keda", "key": "user"},
                                 {"parameter": "password", "name": "kafka-keda", "key": "pass"},
                                 {"parameter": "tls", "name": "kafka-keda", "key": "tls"}],
             "extraMetadata": {"limitToPartitionsWithLag": True}}},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                    "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+                    "dashboard": {"enabled": True, "annotations": {"grafana_folder": "MGeo"}}},
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
             {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
@@ -72,6 +87,12 @@ SCENARIOS = {
         "extraEnv": [{"name": "NCCL_DEBUG", "value": "WARN"}],
         "priorityClassName": "batch-high",
     },
+    "processes": {"worker": {"processes": 3, "settings": {"threads": 2}},
+                  "resources": {"requests": {"cpu": "1500m", "memory": "8Gi"},
+                                "limits": {"cpu": 2, "memory": "16Gi"}},
+                  "autoscaling": {"maxReplicas": 4}},
+    "statefulset at-least-once": {"worker": {"kind": "StatefulSet"},
+                                  "autoscaling": {"mode": "hpa", "maxReplicas": 6}},
 }
 
 
@@ -81,13 +102,27 @@ def chart():
         yield loaded
 
 
-def render_raw(chart, values: dict | None = None) -> dict[str, str]:
-    return chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE)
+def render_raw(chart, values: dict | None = None,
+               api_versions: list[str] = FULL_CLUSTER) -> dict[str, str]:
+    """helm template with `--api-versions`: helm_python's render() has no argument for them,
+    so this calls the same native render with the option Helm's SDK takes."""
+    opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions)}
+    rendered = helm._native.call_string("helm_render", chart._raw(), json.dumps(values or {}),
+                                        json.dumps(opts))
+    return json.loads(rendered)
 
 
-def render(chart, values: dict | None = None) -> list[dict]:
+def test_render_helper_matches_the_sdks_render(chart):
+    """Without API versions the helper renders what helm_python's own render() does."""
+    values = {"autoscaling": {"mode": "none"}}
+    assert render_raw(chart, values, api_versions=[]) == chart.render(
+        values=values, name=RELEASE, namespace=NAMESPACE)
+
+
+def render(chart, values: dict | None = None,
+           api_versions: list[str] = FULL_CLUSTER) -> list[dict]:
     docs = []
-    for path, text in render_raw(chart, values).items():
+    for path, text in render_raw(chart, values, api_versions).items():
         if path.endswith("NOTES.txt"):
             continue
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
@@ -104,13 +139,27 @@ def one(docs: list[dict], kind: str) -> dict:
     return found[0]
 
 
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
+def workload(docs: list[dict]) -> dict:
+    """The workers' Deployment or StatefulSet (exactly one of them)."""
+    found = [d for d in docs if d["kind"] in WORKLOADS]
+    assert len(found) == 1, f"expected one workload, got {[d['kind'] for d in found]}"
+    return found[0]
+
+
 def container(docs: list[dict]) -> dict:
-    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (c,) = workload(docs)["spec"]["template"]["spec"]["containers"]
     return c
 
 
 def config(docs: list[dict]) -> dict[str, str]:
-    return one(docs, "ConfigMap")["data"]
+    """The workers' settings ConfigMap (the one their envFrom loads)."""
+    (ref,) = [s["configMapRef"]["name"] for s in container(docs)["envFrom"]
+              if "configMapRef" in s]
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == ref]
+    return cm["data"]
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -141,8 +190,8 @@ def test_manifests_validate_against_kubernetes_schemas(chart, scenario):
             where = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {where}: {exc.message}")
         checked.add(doc["kind"])
-    assert {"Deployment", "ConfigMap", "ServiceAccount", "PodDisruptionBudget",
-            "Service"} <= checked
+    assert {"ConfigMap", "ServiceAccount", "PodDisruptionBudget", "Service"} <= checked
+    assert len(checked & set(WORKLOADS)) == 1
 
 
 # ---- the custom resources, against schemas written from their documentation ---------------------
@@ -225,6 +274,21 @@ CRD_SCHEMAS = {
                 "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"}})},
             "jobLabel": {"type": "string"},
         }, ("selector", "endpoints"))),
+    # prometheus-operator's PrometheusRule: rule groups as in a Prometheus rule file.
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _resource(
+        "monitoring.coreos.com/v1", "PrometheusRule", _strict({
+            "groups": {"type": "array", "minItems": 1, "items": _strict({
+                "name": {"type": "string", "minLength": 1}, "interval": _DURATION,
+                "limit": _COUNT, "partial_response_strategy": {"type": "string"},
+                "rules": {"type": "array", "minItems": 1, "items": {
+                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                    **_strict({"alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                               "record": {"type": "string"},
+                               "expr": {"type": "string", "minLength": 1},
+                               "for": _DURATION, "keep_firing_for": _DURATION,
+                               "labels": _STRINGS, "annotations": _STRINGS}, ("expr",))}},
+            }, ("name", "rules"))},
+        }, ("groups",))),
 }
 
 
@@ -290,23 +354,23 @@ def test_deployment_runs_mgeo_worker_with_probes_and_gpu(chart):
 
 def test_grace_period_outlasts_the_drain(chart):
     docs = render(chart)
-    grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = workload(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > float(config(docs)["MGEO_SHUTDOWN_TIMEOUT"])
     assert grace == 90
 
     docs = render(chart, {"worker": {"shutdownTimeout": 120.5}})
-    grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = workload(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert config(docs)["MGEO_SHUTDOWN_TIMEOUT"] == "120.5"
     assert grace == 151
 
     docs = render(chart, {"terminationGracePeriodSeconds": 200})
-    assert one(docs, "Deployment")["spec"]["template"]["spec"][
+    assert workload(docs)["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"] == 200
 
 
 def test_pods_run_unprivileged_on_a_read_only_root(chart):
     docs = render(chart)
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(docs)["spec"]["template"]["spec"]
     c = container(docs)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -327,7 +391,7 @@ def test_pods_run_unprivileged_on_a_read_only_root(chart):
 
 def test_config_change_rolls_the_pods(chart):
     def checksums(values):
-        meta = one(render(chart, values), "Deployment")["spec"]["template"]["metadata"]
+        meta = workload(render(chart, values))["spec"]["template"]["metadata"]
         return {k: v for k, v in meta["annotations"].items() if k.startswith("checksum/")}
 
     base = checksums({})
@@ -348,15 +412,15 @@ def test_gpu_off_runs_on_cpu(chart):
     c = container(docs)
     assert GPU not in c["resources"].get("limits", {})
     assert config(docs)["MGEO_DEVICE"] == "cpu"
-    tolerations = one(docs, "Deployment")["spec"]["template"]["spec"].get("tolerations", [])
+    tolerations = workload(docs)["spec"]["template"]["spec"].get("tolerations", [])
     assert all(t.get("key") != GPU for t in tolerations)
 
 
 def test_gpu_count_placement_and_user_tolerations(chart):
     docs = render(chart, SCENARIOS["everything"])
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(docs)["spec"]["template"]["spec"]
     c = container(docs)
-    assert c["resources"]["limits"][GPU] == 2
+    assert c["resources"]["limits"][GPU] == 1
     assert pod["nodeSelector"] == SCENARIOS["everything"]["nodeSelector"]
     assert pod["affinity"] == SCENARIOS["everything"]["affinity"]
     keys = [t["key"] for t in pod["tolerations"]]
@@ -370,7 +434,7 @@ def test_gpu_count_placement_and_user_tolerations(chart):
                                            ("hpa", "HorizontalPodAutoscaler"), ("none", None)])
 def test_one_scaler_per_mode_and_replicas_only_without_one(chart, scenario, kind):
     docs = render(chart, SCENARIOS[scenario])
-    deployment = one(docs, "Deployment")
+    deployment = workload(docs)
     scalers = of_kind(docs, "ScaledObject") + of_kind(docs, "HorizontalPodAutoscaler")
     if kind is None:
         assert scalers == []
@@ -385,7 +449,7 @@ def test_keda_scales_on_the_workers_consumer_lag(chart):
     so = one(docs, "ScaledObject")
     cfg = config(docs)
     assert so["apiVersion"] == "keda.sh/v1alpha1"
-    assert so["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
+    assert so["spec"]["scaleTargetRef"]["name"] == workload(docs)["metadata"]["name"]
     assert so["spec"]["minReplicaCount"] == 0
     assert so["spec"]["maxReplicaCount"] == 8
     assert so["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 2}
@@ -449,7 +513,7 @@ def test_hpa_is_autoscaling_v2(chart):
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-    assert hpa["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == workload(docs)["metadata"]["name"]
     external = [{"type": "External", "external": {
         "metric": {"name": "mgeo_consumer_lag_total"},
         "target": {"type": "AverageValue", "averageValue": "10000"}}}]
@@ -461,13 +525,14 @@ def test_hpa_is_autoscaling_v2(chart):
 
 def test_pdb_service_and_servicemonitor_select_the_workers(chart):
     docs = render(chart, SCENARIOS["everything"])
-    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = workload(docs)["spec"]["template"]["metadata"]["labels"]
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["maxUnavailable"] == 1
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)
 
-    service = one(docs, "Service")
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    service = services[f"{workload(docs)['metadata']['name']}-metrics"]
     assert selects(service["spec"]["selector"], pod_labels)
     (port,) = service["spec"]["ports"]
     assert port["name"] == "metrics" and port["targetPort"] == "metrics"
@@ -475,7 +540,11 @@ def test_pdb_service_and_servicemonitor_select_the_workers(chart):
     sm = one(docs, "ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["labels"]["release"] == "prom"
-    assert selects(sm["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    # It selects the metrics Service only: the StatefulSet's headless Service fronts the same
+    # pods, and selecting both would scrape every pod twice.
+    selected = [name for name, s in services.items()
+                if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    assert selected == [service["metadata"]["name"]]
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
@@ -488,7 +557,7 @@ def test_optional_objects_can_be_turned_off(chart):
     kinds = {d["kind"] for d in docs}
     assert kinds.isdisjoint({"PodDisruptionBudget", "Service", "ServiceMonitor",
                              "ServiceAccount"})
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(docs)["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "default"
 
 
@@ -558,7 +627,7 @@ def test_kafka_properties_secret_is_the_file_the_worker_reads(chart, tmp_path):
     # Credentials stay out of the ConfigMap.
     assert "s3cret" not in yaml.safe_dump(config(docs))
 
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(docs)["spec"]["template"]["spec"]
     mount = next(m for m in container(docs)["volumeMounts"] if m["name"] == "kafka-config")
     volume = next(v for v in pod["volumes"] if v["name"] == "kafka-config")
     assert mount["readOnly"] is True
@@ -571,11 +640,11 @@ def test_kafka_properties_secret_is_the_file_the_worker_reads(chart, tmp_path):
 def test_existing_secret_is_mounted_not_created(chart):
     docs = render(chart, {"kafka": {"existingSecret": "kafka-client", "secretKey": "client.properties"}})
     assert of_kind(docs, "Secret") == []
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(docs)["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "kafka-config")
     assert volume["secret"]["secretName"] == "kafka-client"
     assert config(docs)["MGEO_KAFKA_CONFIG_FILE"].endswith("/client.properties")
-    assert "checksum/secret" not in one(docs, "Deployment")["spec"]["template"]["metadata"][
+    assert "checksum/secret" not in workload(docs)["spec"]["template"]["metadata"][
         "annotations"]
 
 
@@ -590,7 +659,7 @@ def test_model_sources(chart, source):
     values = {"model": {"source": source, "pvc": {"claimName": "mgeo-model"},
                         "hostPath": {"path": "/srv/models/mgeo"}}}
     docs = render(chart, values)
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = workload(docs)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
     cfg = config(docs)
@@ -642,6 +711,11 @@ BAD_VALUES = {
     "KEDA auth entry without a key": {"autoscaling": {"keda": {
         "secretTargetRef": [{"parameter": "username", "name": "s"}]}}},
     "secret setting name not a field name": {"worker": {"secretSettings": {"SASL": "x"}}},
+    "tag with a colon": {"image": {"tag": "v1:latest"}},
+    "digest without its algorithm": {"image": {"digest": "0123abcd"}},
+    "unknown workload kind": {"worker": {"kind": "DaemonSet"}},
+    "zero processes": {"worker": {"processes": 0}},
+    "misspelt alert value": {"metrics": {"prometheusRule": {"enable": True}}},
 }
 
 
@@ -678,6 +752,16 @@ CROSS_FIELD = {
                                            "fences"),
     "one static member id for many pods": ({"worker": {"secretSettings": {
         "group_instance_id": "w"}}}, "fences"),
+    "two GPUs per pod": ({"gpu": {"count": 2}}, "gpu.count"),
+    "exactly-once on a Deployment": ({"worker": {"delivery": "exactly-once",
+                                                 "kind": "Deployment"}}, "StatefulSet"),
+    "fixed transactional id in a StatefulSet": (
+        {"worker": {"kind": "StatefulSet", "settings": {"transactional_id": "t"}},
+         "autoscaling": {"mode": "none"}, "replicaCount": 1}, "derived from the pod name"),
+    "more processes than partitions": ({"worker": {"processes": 2}}, "worker.processes"),
+    "chart-managed processes": ({"worker": {"settings": {"processes": 2}}}, "worker.processes"),
+    "digest given twice": ({"image": {"tag": "v1@sha256:" + "0" * 64,
+                                      "digest": "sha256:" + "1" * 64}}, "image.digest"),
     "two KEDA authentications": ({"autoscaling": {"keda": {
         "authenticationRef": "x",
         "secretTargetRef": [{"parameter": "username", "name": "s", "key": "k"}]}}},
@@ -706,7 +790,7 @@ def test_more_partitions_allow_more_replicas(chart):
 # ---- documentation ------------------------------------------------------------------------------
 
 # Kubernetes objects passed through as a whole get one README row each.
-_DOCUMENTED_WHOLE = {"resources", "behavior", "podSecurityContext", "securityContext",
+_DOCUMENTED_WHOLE = {"resources", "behavior", "podSecurityContext", "securityContext", "labels",
                      "updateStrategy", "startup", "liveness", "readiness"}
 
 
@@ -734,7 +818,7 @@ def test_schema_knows_every_worker_setting_name(chart):
     worker = chart.schema["properties"]["worker"]["properties"]
     for key in ("settings", "secretSettings"):
         assert set(worker[key]["propertyNames"]["enum"]) == set(WorkerSettings.model_fields), (
-            f"worker.{key}: update the enum in values.schema.json to mgeo/settings.py's fields")
+            f"worker.{key}: update the enum in values.schema.json to core/settings.py's fields")
 
 
 def test_schema_covers_every_value(chart):
@@ -749,3 +833,201 @@ def test_schema_covers_every_value(chart):
 
     walk(chart.values, schema, "")
     chart.validate_schema(chart.values)
+
+
+# ---- custom resources the cluster must serve ------------------------------------------------------
+
+MISSING_CRDS = {
+    "KEDA": ({}, PROMETHEUS_OPERATOR_API, "install KEDA first"),
+    "KEDA, chart-made authentication": (
+        {"autoscaling": {"keda": {"secretTargetRef": [
+            {"parameter": "username", "name": "s", "key": "k"}]}}}, [], "install KEDA first"),
+    "ServiceMonitor": ({"metrics": {"serviceMonitor": {"enabled": True}}}, KEDA_API,
+                       "metrics.serviceMonitor.enabled needs the Prometheus operator"),
+    "PrometheusRule": ({"metrics": {"prometheusRule": {"enabled": True}}}, KEDA_API,
+                       "metrics.prometheusRule.enabled needs the Prometheus operator"),
+}
+
+
+@pytest.mark.parametrize("values,api_versions,needle", MISSING_CRDS.values(), ids=list(MISSING_CRDS))
+def test_a_missing_custom_resource_fails_with_what_to_do(chart, values, api_versions, needle):
+    """Not Helm's generic 'no matches for kind ScaledObject' after the install started."""
+    with pytest.raises(helm.HelmRenderError, match=re.escape(needle)) as failed:
+        render_raw(chart, values, api_versions=api_versions)
+    assert "--api-versions" in str(failed.value), "helm template users need the flag"
+
+
+def test_a_cluster_without_custom_resources_installs_the_plain_modes(chart):
+    for values in ({"autoscaling": {"mode": "hpa"}},
+                   {"autoscaling": {"mode": "none"}, "metrics": {"dashboard": {"enabled": True}}}):
+        docs = render(chart, values, api_versions=[])
+        assert {d["kind"] for d in docs}.isdisjoint(CRD_KINDS)
+
+
+def test_group_versions_alone_satisfy_the_checks(chart):
+    """`helm template --api-versions keda.sh/v1alpha1` lists the group/version only."""
+    docs = render(chart, SCENARIOS["everything"],
+                  api_versions=["keda.sh/v1alpha1", "monitoring.coreos.com/v1"])
+    assert {"ScaledObject", "ServiceMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+
+
+# ---- image reference and version label --------------------------------------------------------
+
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+@pytest.mark.parametrize("image,ref,version", [
+    ({}, f"mgeo-worker:{APP_VERSION}", APP_VERSION),
+    ({"tag": "v1.2"}, "mgeo-worker:v1.2", "v1.2"),
+    ({"tag": f"v1.2@{DIGEST}"}, f"mgeo-worker:v1.2@{DIGEST}", "v1.2"),
+    ({"digest": DIGEST}, f"mgeo-worker@{DIGEST}", APP_VERSION),
+    ({"tag": "v1.2", "digest": DIGEST}, f"mgeo-worker:v1.2@{DIGEST}", "v1.2"),
+], ids=["default", "tag", "tag@digest", "digest", "tag and digest"])
+def test_image_reference_and_a_valid_version_label(chart, image, ref, version):
+    docs = render(chart, {"image": image})
+    assert container(docs)["image"] == ref
+    pod = workload(docs)["spec"]["template"]["metadata"]
+    for labels in [d["metadata"].get("labels", {}) for d in docs] + [pod["labels"]]:
+        for key, value in labels.items():
+            assert len(value) <= 63 and LABEL_VALUE.match(value), f"label {key}={value!r}"
+        if "app.kubernetes.io/version" in labels:
+            assert labels["app.kubernetes.io/version"] == version
+
+
+# ---- exactly-once: a StatefulSet with stable transactional ids ----------------------------------
+
+def pod_environment(docs: list[dict], pod_name: str) -> dict[str, str]:
+    """The environment the worker of pod `pod_name` starts with: envFrom sources, then the env
+    entries in order, with `$(VAR)` expanded and metadata.name resolved as the kubelet does."""
+    env = {k: v for k, v in worker_environment(docs).items() if k.startswith("MGEO_")}
+    for entry in container(docs)["env"]:
+        if "valueFrom" in entry:
+            assert entry["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, entry
+            env[entry["name"]] = pod_name
+        else:
+            env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)),
+                                        entry["value"])
+    return env
+
+
+def settings_of(env: dict[str, str], monkeypatch) -> WorkerSettings:
+    for name in [k for k in os.environ if k.upper().startswith("MGEO_")]:
+        monkeypatch.delenv(name)
+    for key, value in env.items():
+        if key.startswith("MGEO_"):
+            monkeypatch.setenv(key, value)
+    return WorkerSettings()
+
+
+def test_exactly_once_runs_a_statefulset_whose_pods_keep_their_transactional_ids(
+        chart, monkeypatch):
+    """A Deployment's replacement pod has a new name, so a new transactional id, and the
+    crashed pod's open transaction blocks read_committed readers until it times out. In the
+    StatefulSet each pod's id is its own and the same after every restart."""
+    docs = render(chart, {"worker": {"delivery": "exactly-once"}})
+    sts = workload(docs)
+    name = sts["metadata"]["name"]
+    assert sts["kind"] == "StatefulSet" and of_kind(docs, "Deployment") == []
+    assert "replicas" not in sts["spec"], "KEDA owns the count"
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert one(docs, "ScaledObject")["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
+    headless = next(s for s in of_kind(docs, "Service")
+                    if s["metadata"]["name"] == sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+
+    ids = {}
+    for ordinal in range(3):
+        pod = f"{name}-{ordinal}"  # a StatefulSet's pod names: the same after a restart
+        s = settings_of(pod_environment(docs, pod), monkeypatch)
+        assert s.delivery == "exactly-once"
+        assert s.group_instance_id == pod
+        ids[pod] = s.transactional_id_or_default()
+        assert ids[pod] == f"mgeo-workers-{pod}"
+    assert len(set(ids.values())) == 3
+
+
+def test_a_deployment_sets_no_per_pod_ids(chart):
+    docs = render(chart)
+    assert workload(docs)["kind"] == "Deployment"
+    names = {e["name"] for e in container(docs)["env"]}
+    assert not names & {"POD_NAME", "MGEO_TRANSACTIONAL_ID", "MGEO_GROUP_INSTANCE_ID"}
+
+
+def test_statefulset_with_an_hpa_and_at_least_once(chart, monkeypatch):
+    docs = render(chart, SCENARIOS["statefulset at-least-once"])
+    sts = workload(docs)
+    assert sts["kind"] == "StatefulSet"
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    s = settings_of(pod_environment(docs, f"{sts['metadata']['name']}-1"), monkeypatch)
+    assert s.delivery == "at-least-once"
+    assert s.group_instance_id == f"{sts['metadata']['name']}-1"
+
+
+# ---- several worker processes per pod -----------------------------------------------------------
+
+def test_processes_set_mgeo_processes_and_scale_the_cpus(chart, monkeypatch):
+    docs = render(chart, SCENARIOS["processes"])
+    assert config(docs)["MGEO_PROCESSES"] == "3"
+    resources = container(docs)["resources"]
+    assert resources["requests"] == {"cpu": "4500m", "memory": "8Gi"}  # 1500m x 3; memory per pod
+    assert resources["limits"] == {"cpu": "6", "memory": "16Gi", GPU: 1}
+    assert settings_of(worker_environment(docs), monkeypatch).processes == 3
+
+    docs = render(chart)
+    assert config(docs)["MGEO_PROCESSES"] == "1"
+    assert container(docs)["resources"]["requests"]["cpu"] == "2"
+
+
+@pytest.mark.parametrize("cpu,processes,expected", [
+    ("2", 3, "6"), ("500m", 2, "1"), ("250m", 3, "750m"), (0.5, 3, "1500m"), ("1.5", 2, "3"),
+    (1, 4, "4")])
+def test_cpu_quantities_multiply(chart, cpu, processes, expected):
+    docs = render(chart, {"worker": {"processes": processes},
+                          "autoscaling": {"maxReplicas": 2},
+                          "resources": {"requests": {"cpu": cpu}}})
+    assert container(docs)["resources"]["requests"]["cpu"] == expected
+
+
+def test_processes_in_a_statefulset_keep_their_ids(chart):
+    docs = render(chart, {"worker": {"delivery": "exactly-once", "processes": 2},
+                          "autoscaling": {"maxReplicas": 6}})
+    names = [e["name"] for e in container(docs)["env"]]
+    # One pod-level id for both; the worker appends -<n> per process (test_processes.py), so
+    # no two members share one.
+    assert {"MGEO_TRANSACTIONAL_ID", "MGEO_GROUP_INSTANCE_ID"} <= set(names)
+
+
+# ---- alerts and dashboard -----------------------------------------------------------------------
+
+def test_prometheus_rule_is_the_unit_tested_rule_file(chart):
+    docs = render(chart, SCENARIOS["everything"])
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    tested = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text(encoding="utf-8"))
+    assert rule["spec"] == tested
+    # Prometheus' own templates reach the rule as written, not expanded by Helm.
+    annotations = [r["annotations"]["summary"] for g in rule["spec"]["groups"]
+                   for r in g["rules"]]
+    assert any("{{ $labels." in a for a in annotations)
+
+
+def test_dashboard_configmap_holds_the_generated_dashboard(chart):
+    docs = render(chart, SCENARIOS["everything"])
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "MGeo"}
+    (text,) = cm["data"].values()
+    built = (ROOT / "deploy" / "grafana" / "dashboards" / "mgeo-worker.json").read_text("utf-8")
+    assert json.loads(text) == json.loads(built)
+    assert (CHART / "files" / "mgeo-worker-dashboard.json").read_text("utf-8") == built
+
+
+def test_alerts_and_dashboard_are_off_by_default(chart):
+    docs = render(chart)
+    assert of_kind(docs, "PrometheusRule") == []
+    assert [d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")] == [
+        workload(docs)["metadata"]["name"]]

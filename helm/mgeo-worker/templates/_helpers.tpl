@@ -28,11 +28,25 @@ app.kubernetes.io/component: worker
 {{- end }}
 
 {{- define "mgeo-worker.labels" -}}
-helm.sh/chart: {{ include "mgeo-worker.chart" . }}
 {{ include "mgeo-worker.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+{{ include "mgeo-worker.commonLabels" . }}
+{{- end }}
+
+{{/* Labels of every object, less the component (the workers' selector labels add it). */}}
+{{- define "mgeo-worker.commonLabels" -}}
+helm.sh/chart: {{ include "mgeo-worker.chart" . }}
+app.kubernetes.io/version: {{ include "mgeo-worker.version" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: mgeo
+{{- end }}
+
+{{/*
+app.kubernetes.io/version: the image tag (or appVersion) without a digest, made a valid label
+value (at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends).
+*/}}
+{{- define "mgeo-worker.version" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion | toString | splitList "@" | first }}
+{{- regexReplaceAll "[^A-Za-z0-9_.-]" $tag "_" | trunc 63 | trimAll "_.-" }}
 {{- end }}
 
 {{- define "mgeo-worker.serviceAccountName" -}}
@@ -43,8 +57,78 @@ app.kubernetes.io/part-of: mgeo
 {{- end }}
 {{- end }}
 
+{{/*
+The image reference: repository:tag, or with image.digest repository@digest (repository:tag@digest
+when a tag is set too, for readers; the digest alone decides what runs).
+*/}}
 {{- define "mgeo-worker.image" -}}
+{{- if .Values.image.digest }}
+{{- if .Values.image.tag }}
+{{- printf "%s:%s@%s" .Values.image.repository .Values.image.tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- end }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The workload kind. auto: a StatefulSet with exactly-once delivery (each pod keeps its name, hence
+its transactional id, across restarts), else a Deployment.
+*/}}
+{{- define "mgeo-worker.kind" -}}
+{{- if ne .Values.worker.kind "auto" }}{{ .Values.worker.kind }}
+{{- else if eq .Values.worker.delivery "exactly-once" }}StatefulSet
+{{- else }}Deployment
+{{- end }}
+{{- end }}
+
+{{- define "mgeo-worker.headlessServiceName" -}}
+{{- printf "%s-pods" (include "mgeo-worker.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* A CPU quantity (a number of cores or "<n>m") times an integer, as a quantity string. */}}
+{{- define "mgeo-worker.cpuTimes" -}}
+{{- $q := index . 0 | toString }}
+{{- $n := index . 1 | int }}
+{{- $milli := 0 }}
+{{- if hasSuffix "m" $q }}
+{{- $milli = trimSuffix "m" $q | atoi }}
+{{- else }}
+{{- $milli = round (mulf (float64 $q) 1000) 0 | int }}
+{{- end }}
+{{- $total := mul $milli $n }}
+{{- if eq (mod $total 1000) 0 }}{{ div $total 1000 }}{{ else }}{{ $total }}m{{ end }}
+{{- end }}
+
+{{/*
+The container's resources: `resources` with requests.cpu and limits.cpu counted per worker process
+(times worker.processes), and the GPU limit.
+*/}}
+{{- define "mgeo-worker.resources" -}}
+{{- $resources := deepCopy (.Values.resources | default dict) }}
+{{- $n := int .Values.worker.processes }}
+{{- range $section := list "requests" "limits" }}
+{{- $s := get $resources $section }}
+{{- if and $s (hasKey $s "cpu") (gt $n 1) }}
+{{- $_ := set $s "cpu" (include "mgeo-worker.cpuTimes" (list (get $s "cpu") $n)) }}
+{{- end }}
+{{- end }}
+{{- if .Values.gpu.enabled }}
+{{- $limits := get $resources "limits" | default dict }}
+{{- $_ := set $limits .Values.gpu.resourceName (int .Values.gpu.count) }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
+
+{{/* Whether the cluster serves a kind: by group/version/kind (discovery) or group/version. */}}
+{{- define "mgeo-worker.serves" -}}
+{{- $caps := index . 0 }}
+{{- $gv := index . 1 }}
+{{- $kind := index . 2 }}
+{{- if or ($caps.APIVersions.Has (printf "%s/%s" $gv $kind)) ($caps.APIVersions.Has $gv) }}true{{ end }}
 {{- end }}
 
 {{/* MGEO_DEVICE: the explicit value, else cuda with a GPU and cpu without. */}}
@@ -93,11 +177,39 @@ and install checks them.
 {{- define "mgeo-worker.validate" -}}
 {{- $partitions := int .Values.kafka.partitions }}
 {{- $max := int (include "mgeo-worker.maxReplicas" .) }}
-{{- if gt $max $partitions }}
-{{- if eq .Values.autoscaling.mode "none" }}
-{{- fail (printf "replicaCount (%d) exceeds kafka.partitions (%d): workers beyond the partition count get no partition and sit idle on a GPU; lower replicaCount or add partitions to %s and raise kafka.partitions" $max $partitions .Values.kafka.inputTopic) }}
-{{- else }}
-{{- fail (printf "autoscaling.maxReplicas (%d) exceeds kafka.partitions (%d): workers beyond the partition count get no partition and sit idle on a GPU; lower maxReplicas or add partitions to %s and raise kafka.partitions" $max $partitions .Values.kafka.inputTopic) }}
+{{- $processes := int .Values.worker.processes }}
+{{- $field := ternary "replicaCount" "autoscaling.maxReplicas" (eq .Values.autoscaling.mode "none") }}
+{{- if and (gt $max $partitions) (eq $processes 1) }}
+{{- fail (printf "%s (%d) exceeds kafka.partitions (%d): workers beyond the partition count get no partition and sit idle on a GPU; lower %s or add partitions to %s and raise kafka.partitions" $field $max $partitions $field .Values.kafka.inputTopic) }}
+{{- end }}
+{{- if gt (mul $max $processes) $partitions }}
+{{- fail (printf "%s (%d) x worker.processes (%d) = %d consumers exceeds kafka.partitions (%d): each worker process is a member of the consumer group, and those beyond the partition count get no partition; lower %s or worker.processes, or add partitions to %s and raise kafka.partitions" $field $max $processes (mul $max $processes) $partitions $field .Values.kafka.inputTopic) }}
+{{- end }}
+{{- /* The cluster must serve the custom resources the chart would create. */}}
+{{- if and (eq .Values.autoscaling.mode "keda") (not (include "mgeo-worker.serves" (list .Capabilities "keda.sh/v1alpha1" "ScaledObject"))) }}
+{{- fail "autoscaling.mode=keda needs KEDA, but this cluster does not serve keda.sh/v1alpha1 ScaledObject: install KEDA first (helm install keda kedacore/keda -n keda --create-namespace) or set autoscaling.mode=hpa (or none). With helm template, pass --api-versions keda.sh/v1alpha1/ScaledObject" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not (include "mgeo-worker.serves" (list .Capabilities "monitoring.coreos.com/v1" "ServiceMonitor"))) }}
+{{- fail "metrics.serviceMonitor.enabled needs the Prometheus operator, but this cluster does not serve monitoring.coreos.com/v1 ServiceMonitor: install the operator (e.g. kube-prometheus-stack) or set metrics.serviceMonitor.enabled=false (the pods keep their prometheus.io/* annotations). With helm template, pass --api-versions monitoring.coreos.com/v1/ServiceMonitor" }}
+{{- end }}
+{{- if and .Values.metrics.prometheusRule.enabled (not (include "mgeo-worker.serves" (list .Capabilities "monitoring.coreos.com/v1" "PrometheusRule"))) }}
+{{- fail "metrics.prometheusRule.enabled needs the Prometheus operator, but this cluster does not serve monitoring.coreos.com/v1 PrometheusRule: install the operator (e.g. kube-prometheus-stack) or set metrics.prometheusRule.enabled=false and load files/alerts.yml into your Prometheus yourself. With helm template, pass --api-versions monitoring.coreos.com/v1/PrometheusRule" }}
+{{- end }}
+{{- if and .Values.gpu.enabled (ne (int .Values.gpu.count) 1) }}
+{{- fail (printf "gpu.count is %d, but a worker drives exactly one GPU (worker.processes share it); more GPUs per pod would sit idle. Keep gpu.count=1 and add GPUs by adding replicas" (int .Values.gpu.count)) }}
+{{- end }}
+{{- if and .Values.image.digest (contains "@" .Values.image.tag) }}
+{{- fail "image.tag already holds a digest (tag@sha256:...) and image.digest is set too: give the digest once, in image.digest" }}
+{{- end }}
+{{- $kind := include "mgeo-worker.kind" . }}
+{{- if and (eq $kind "Deployment") (eq .Values.worker.delivery "exactly-once") }}
+{{- fail "worker.kind=Deployment with worker.delivery=exactly-once: a replaced Deployment pod gets a new name and so a new transactional id, and a crashed pod's open transaction then blocks read_committed readers until the transaction timeout. Use worker.kind=StatefulSet (or auto), whose pods keep their names and fence their own leftovers on restart" }}
+{{- end }}
+{{- if eq $kind "StatefulSet" }}
+{{- range $key := list "transactional_id" "group_instance_id" }}
+{{- if or (hasKey $.Values.worker.settings $key) (hasKey $.Values.worker.secretSettings $key) }}
+{{- fail (printf "worker setting %s is derived from the pod name in a StatefulSet (stable across restarts, unique per pod): leave it unset" $key) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if ne .Values.autoscaling.mode "none" }}
@@ -128,7 +240,7 @@ and install checks them.
 {{- if and (not .Values.gpu.enabled) (eq $device "cuda") }}
 {{- fail "worker.device=cuda needs gpu.enabled=true (the pod gets no GPU otherwise)" }}
 {{- end }}
-{{- $managed := dict "bootstrap_servers" "kafka.bootstrapServers" "input_topic" "kafka.inputTopic" "output_topic" "kafka.outputTopic" "dlq_topic" "kafka.dlqTopic" "group_id" "kafka.groupId" "kafka_config_file" "kafka.properties or kafka.existingSecret" "delivery" "worker.delivery" "device" "worker.device" "precision" "worker.precision" "token_budget" "worker.tokenBudget" "max_length" "worker.maxLength" "log_level" "worker.logLevel" "log_format" "worker.logFormat" "shutdown_timeout" "worker.shutdownTimeout" "session_timeout_ms" "worker.sessionTimeoutMs" "metrics_port" "worker.metricsPort" "model" "model.source and model.path" }}
+{{- $managed := dict "bootstrap_servers" "kafka.bootstrapServers" "input_topic" "kafka.inputTopic" "output_topic" "kafka.outputTopic" "dlq_topic" "kafka.dlqTopic" "group_id" "kafka.groupId" "kafka_config_file" "kafka.properties or kafka.existingSecret" "delivery" "worker.delivery" "device" "worker.device" "precision" "worker.precision" "token_budget" "worker.tokenBudget" "max_length" "worker.maxLength" "log_level" "worker.logLevel" "log_format" "worker.logFormat" "shutdown_timeout" "worker.shutdownTimeout" "session_timeout_ms" "worker.sessionTimeoutMs" "metrics_port" "worker.metricsPort" "model" "model.source and model.path" "processes" "worker.processes" }}
 {{- range $key, $_ := .Values.worker.settings }}
 {{- if hasKey $managed $key }}
 {{- fail (printf "worker.settings.%s is managed by the chart: set %s instead" $key (get $managed $key)) }}

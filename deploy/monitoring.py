@@ -1,0 +1,376 @@
+"""Alerting rules and the Grafana dashboard of the MGeo worker fleet, built in code.
+
+    python deploy/monitoring.py           # write every output below
+    python deploy/monitoring.py --check   # exit 1 when an output is not what this file builds
+
+Outputs (committed: compose and the chart read the files, not this script):
+
+    deploy/alerts.yml                                  Prometheus rule file (compose mounts it)
+    deploy/grafana/dashboards/mgeo-worker.json         Grafana dashboard (compose provisions it)
+    helm/mgeo-worker/files/alerts.yml                  the same rules, for the chart's PrometheusRule
+    helm/mgeo-worker/files/mgeo-worker-dashboard.json  the same dashboard, for the chart's ConfigMap
+
+The alert rules' unit tests are deploy/alerts.test.yml (`promtool test rules`). Every alert and
+every dashboard query is also evaluated against a real Prometheus scraping a real worker in
+tests/test_monitoring.py, so a renamed metric cannot leave a panel or an alert silently empty.
+
+Labels: the rules aggregate `by (namespace, job)`, the fleet as one consumer group. In compose
+`job` is `mgeo-worker` and there is no `namespace`; in Kubernetes (ServiceMonitor) `job` is the
+release's metrics Service. `instance` is one container or pod; with `--processes N` every series
+also carries `process="0".."N-1"`, which the rules and panels sum away or keep as noted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CHART_FILES = ROOT / "helm" / "mgeo-worker" / "files"
+DASHBOARD_UID = "mgeo-worker"
+
+# ---- alerts -------------------------------------------------------------------------------------
+
+FLEET = "namespace, job"  # one consumer group: a release (Kubernetes) or the compose project
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alerting rule: `expr` is built from `queries` (each returns a value per series) so
+    the tests can evaluate every query part on its own and see that it returns data."""
+
+    name: str
+    queries: tuple[str, ...]
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    labels: dict = field(default_factory=dict)
+
+
+_LAG = f"sum by ({FLEET}) (mgeo_consumer_lag_total)"
+_LAG_TREND = f"sum by ({FLEET}) (deriv(mgeo_consumer_lag_total[10m]))"
+_DLQ_SHARE = (f"sum by ({FLEET}) (rate(mgeo_dead_letters_total[5m]))"
+              f" / sum by ({FLEET}) (rate(mgeo_messages_consumed_total[5m]))")
+_ERROR_SHARE = (f"sum by ({FLEET}) (rate(mgeo_error_results_total[5m]))"
+                f" / sum by ({FLEET}) (rate(mgeo_messages_consumed_total[5m]))")
+_OOM = f"sum by ({FLEET}, instance) (increase(mgeo_oom_retries_total[15m]))"
+_ABORTS = f"sum by ({FLEET}) (increase(mgeo_transaction_aborts_total[15m]))"
+_TICK_AGE = "time() - mgeo_loop_last_tick_timestamp_seconds"
+
+ALERTS: tuple[Alert, ...] = (
+    Alert(
+        "MgeoConsumerLagGrowing", (_LAG, _LAG_TREND),
+        f"({_LAG}) > 10000 and ({_LAG_TREND}) > 0", "15m", "warning",
+        "MGeo workers of {{ $labels.job }} are falling behind",
+        "The consumer group's lag is {{ $value | humanize }} messages and has grown for 15 "
+        "minutes: the workers score fewer pairs than arrive. Check that every worker is ready "
+        "and busy (lag per partition on the dashboard); if they are, add replicas, or "
+        "partitions and GPUs together when replicas already equal the partitions."),
+    Alert(
+        "MgeoWorkerNotReady", ("mgeo_ready",),
+        "mgeo_ready == 0", "10m", "warning",
+        "MGeo worker {{ $labels.instance }} has not been ready for 10 minutes",
+        "The worker serves /metrics but has not joined its consumer group (mgeo_ready is 0). "
+        "Look at its log for Kafka errors (unreachable brokers, authentication, a fenced "
+        "transactional id)."),
+    Alert(
+        "MgeoDeadLetters", (_DLQ_SHARE,),
+        f"({_DLQ_SHARE}) > 0.01", "10m", "warning",
+        "{{ $value | humanizePercentage }} of the requests to {{ $labels.job }} go to the "
+        "dead-letter topic",
+        "More than 1% of the messages read for 10 minutes had no usable id and went to the "
+        "dead-letter topic. A producer is writing something other than address-pair requests "
+        "to the input topic; read a few dead letters to find which."),
+    Alert(
+        "MgeoErrorResults", (_ERROR_SHARE,),
+        f"({_ERROR_SHARE}) > 0.05", "10m", "warning",
+        "{{ $value | humanizePercentage }} of the requests to {{ $labels.job }} get an error "
+        "result",
+        "More than 5% of the requests for 10 minutes were answered with an error result "
+        "(malformed or over-long addresses, bad fields). The answers say why, in their "
+        "`error` field."),
+    Alert(
+        "MgeoOutOfMemoryBackoffs", (_OOM,),
+        f"({_OOM}) > 3", "0s", "warning",
+        "MGeo worker {{ $labels.instance }} keeps running out of GPU memory",
+        "{{ $value | humanize }} model batches were retried smaller after running out of "
+        "memory in 15 minutes. Something else is using the GPU, or the token budget "
+        "(--token-budget, --memory-fraction) is too large for it."),
+    Alert(
+        "MgeoTransactionAborts", (_ABORTS,),
+        f"({_ABORTS}) > 3", "0s", "warning",
+        "MGeo workers of {{ $labels.job }} keep aborting transactions",
+        "{{ $value | humanize }} transactions were aborted in 15 minutes (exactly-once): their "
+        "inputs are read and scored again. Look for fenced producers (two workers with one "
+        "transactional id), rebalances or broker errors in the workers' logs."),
+    Alert(
+        "MgeoLoopStalled", (_TICK_AGE,),
+        f"({_TICK_AGE}) > 60", "1m", "critical",
+        "The Kafka loop of MGeo worker {{ $labels.instance }} is stuck",
+        "The worker's Kafka loop has not ticked for {{ $value | humanizeDuration }}: it reads, "
+        "commits and answers nothing, and its partitions stay with it. Kubernetes restarts it "
+        "(liveness probe on /healthz); elsewhere restart it and keep its log."),
+)
+
+
+def rule_file() -> dict:
+    rules = []
+    for a in ALERTS:
+        rule: dict = {"alert": a.name, "expr": a.expr}
+        if a.for_ != "0s":
+            rule["for"] = a.for_
+        rule["labels"] = {"severity": a.severity, **a.labels}
+        rule["annotations"] = {"summary": a.summary, "description": a.description}
+        rules.append(rule)
+    return {"groups": [{"name": "mgeo-worker", "rules": rules}]}
+
+
+def rule_file_text() -> str:
+    head = ("# Alerting rules of the MGeo worker fleet. GENERATED by deploy/monitoring.py: edit "
+            "it there and\n# run `python deploy/monitoring.py`. Unit tests: "
+            "deploy/alerts.test.yml (`promtool test rules`).\n")
+    return head + yaml.safe_dump(rule_file(), sort_keys=False, allow_unicode=True, width=10_000)
+
+
+# ---- dashboard ----------------------------------------------------------------------------------
+
+# Every panel selects the fleet through these variables; "All" is a match-anything regex, so
+# series without the label (compose has no namespace) still match.
+SEL = 'job=~"$job", instance=~"$instance"'
+RATE = "$__rate_interval"
+
+
+def _q(expr: str) -> str:
+    return expr.replace("{SEL}", "{" + SEL + "}").replace("[RATE]", f"[{RATE}]")
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    kind: str  # timeseries | stat
+    unit: str
+    targets: tuple[tuple[str, str], ...]  # (expr, legend)
+    description: str = ""
+    width: int = 12
+    height: int = 8
+
+
+ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
+    ("Overview", (
+        Panel("Ready workers", "stat", "none",
+              ((_q("sum(mgeo_ready{SEL})"), "ready"),),
+              "Worker processes that joined the consumer group.", width=6, height=4),
+        Panel("Pairs scored / s", "stat", "ops",
+              ((_q("sum(rate(mgeo_pairs_scored_total{SEL}[RATE]))"), "pairs/s"),),
+              width=6, height=4),
+        Panel("Consumer lag", "stat", "short",
+              ((_q("sum(mgeo_consumer_lag_total{SEL})"), "lag"),),
+              "Messages behind the end of the input topic, summed over the partitions.",
+              width=6, height=4),
+        Panel("p99 end-to-end latency", "stat", "s",
+              ((_q("histogram_quantile(0.99, sum by (le) "
+                   "(rate(mgeo_end_to_end_seconds_bucket{SEL}[RATE])))"), "p99"),),
+              width=6, height=4),
+    )),
+    ("Throughput and latency", (
+        Panel("Throughput", "timeseries", "ops", (
+            (_q("sum(rate(mgeo_messages_consumed_total{SEL}[RATE]))"), "messages read"),
+            (_q("sum(rate(mgeo_pairs_scored_total{SEL}[RATE]))"), "pairs scored"),
+            (_q("sum(rate(mgeo_answers_delivered_total{SEL}[RATE]))"), "answers delivered"),
+        ), "Per second, the whole fleet."),
+        Panel("End-to-end latency", "timeseries", "s", (
+            (_q("histogram_quantile(0.5, sum by (le) "
+                "(rate(mgeo_end_to_end_seconds_bucket{SEL}[RATE])))"), "p50"),
+            (_q("histogram_quantile(0.99, sum by (le) "
+                "(rate(mgeo_end_to_end_seconds_bucket{SEL}[RATE])))"), "p99"),
+        ), "From a request's Kafka timestamp to the delivery of its answer."),
+        Panel("Inference call duration", "timeseries", "s", (
+            (_q("histogram_quantile(0.5, sum by (le) "
+                "(rate(mgeo_inference_seconds_bucket{SEL}[RATE])))"), "p50"),
+            (_q("histogram_quantile(0.99, sum by (le) "
+                "(rate(mgeo_inference_seconds_bucket{SEL}[RATE])))"), "p99"),
+        ), "Tokenizing plus every model batch of one inference call."),
+        Panel("Errors, dead letters, retries", "timeseries", "ops", (
+            (_q("sum(rate(mgeo_error_results_total{SEL}[RATE]))"), "error results"),
+            (_q("sum(rate(mgeo_dead_letters_total{SEL}[RATE]))"), "dead letters"),
+            (_q("sum(rate(mgeo_delivery_retries_total{SEL}[RATE]))"), "delivery retries"),
+            (_q("sum(rate(mgeo_answers_substituted_total{SEL}[RATE]))"),
+             "answers substituted"),
+        ), "Per second. Substituted: answers replaced by a bounded one after a permanent "
+           "delivery error."),
+    )),
+    ("Kafka", (
+        Panel("Consumer lag per partition", "timeseries", "short", (
+            (_q("max by (partition) (mgeo_consumer_lag{SEL})"), "partition {{partition}}"),
+        ), "As each partition's owner sees it (librdkafka statistics)."),
+        Panel("Partitions and in-flight requests", "timeseries", "short", (
+            (_q("sum by (instance) (mgeo_assigned_partitions{SEL})"),
+             "partitions {{instance}}"),
+            (_q("sum by (instance) (mgeo_inflight_requests{SEL})"), "in flight {{instance}}"),
+        )),
+        Panel("Rebalances, commits, aborted transactions", "timeseries", "short", (
+            (_q("sum by (kind) (increase(mgeo_rebalances_total{SEL}[RATE]))"), "{{kind}}"),
+            (_q("sum(increase(mgeo_commits_total{SEL}[RATE]))"), "commits"),
+            (_q("sum(increase(mgeo_transaction_aborts_total{SEL}[RATE]))"), "aborts"),
+        ), "Events per interval."),
+        Panel("Seconds since the Kafka loop ticked", "timeseries", "s", (
+            (_q("max by (instance) (time() - mgeo_loop_last_tick_timestamp_seconds{SEL})"),
+             "{{instance}}"),
+        ), "Near zero on a healthy worker; /healthz fails after --liveness-timeout."),
+    )),
+    ("Model batches", (
+        Panel("Pairs per model batch", "timeseries", "short", (
+            (_q("sum(rate(mgeo_batch_pairs_sum{SEL}[RATE])) "
+                "/ sum(rate(mgeo_batch_pairs_count{SEL}[RATE]))"), "mean"),
+            (_q("histogram_quantile(0.95, sum by (le) "
+                "(rate(mgeo_batch_pairs_bucket{SEL}[RATE])))"), "p95"),
+        )),
+        Panel("Padded tokens per model batch", "timeseries", "short", (
+            (_q("sum(rate(mgeo_batch_tokens_sum{SEL}[RATE])) "
+                "/ sum(rate(mgeo_batch_tokens_count{SEL}[RATE]))"), "mean"),
+            (_q("max(mgeo_token_budget{SEL})"), "token budget"),
+        ), "The budget shrinks after an out-of-memory back-off and grows back."),
+        Panel("Padding efficiency", "timeseries", "percentunit", (
+            (_q("sum(rate(mgeo_tokens_total{SEL}[RATE])) "
+                "/ sum(rate(mgeo_padded_tokens_total{SEL}[RATE]))"), "real / padded tokens"),
+        ), "Share of the model's work spent on real tokens rather than padding."),
+        Panel("Pipeline queues", "timeseries", "short", (
+            (_q("sum by (stage) (mgeo_stage_queue{SEL})"), "{{stage}}"),
+        ), "Work waiting at each stage (intake: requests; prepared, scored: batches). Under load a "
+           "full `prepared` queue means the model is the limit; an empty one, the host."),
+        Panel("Out-of-memory back-offs", "timeseries", "short", (
+            (_q("sum by (instance) (increase(mgeo_oom_retries_total{SEL}[RATE]))"),
+             "{{instance}}"),
+        ), "Model batches retried smaller, per interval."),
+    )),
+    ("Resources", (
+        Panel("GPU memory", "timeseries", "bytes", (
+            (_q("sum by (instance, kind) (mgeo_gpu_memory_bytes{SEL})"), "{{kind}} {{instance}}"),
+        ), "Held through torch: allocated by tensors, reserved by the caching allocator."),
+        Panel("Cache hit rate", "timeseries", "percentunit", (
+            (_q("sum(rate(mgeo_cache_hits_total{SEL}[RATE])) "
+                "/ sum(rate(mgeo_cache_lookups_total{SEL}[RATE]))"), "hit rate"),
+        ), "Pairs answered from the --cache-size LRU cache."),
+        Panel("Tokenizing vs inference time", "timeseries", "percentunit", (
+            (_q("sum(rate(mgeo_tokenize_seconds_total{SEL}[RATE])) "
+                "/ sum(rate(mgeo_inference_seconds_sum{SEL}[RATE]))"), "tokenize / inference"),
+        ), "Near 100% the host, not the model, is the limit: raise the CPUs per worker."),
+    )),
+)
+
+
+def dashboard() -> dict:
+    from grafana_foundation_sdk.builders import common as cb
+    from grafana_foundation_sdk.builders import dashboard as db
+    from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common as cm
+    from grafana_foundation_sdk.models import dashboard as dm
+
+    source = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+    def variable(name: str, label: str) -> db.QueryVariable:
+        return (db.QueryVariable(name).label(label).datasource(source)
+                .query(f"label_values(mgeo_ready, {name})")
+                .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                .sort(dm.VariableSort.ALPHABETICAL_ASC)
+                .multi(True).include_all(True).all_value(".*"))
+
+    board = (db.Dashboard("MGeo workers").uid(DASHBOARD_UID)
+             .description("Kafka MGeo scoring workers (mgeo worker): throughput, latency, lag, "
+                          "batching, GPU memory. Generated by deploy/monitoring.py.")
+             .tags(["mgeo", "kafka"]).refresh("30s").time("now-3h", "now").timezone("browser")
+             .tooltip(dm.DashboardCursorSync.CROSSHAIR).editable()
+             .with_variable(db.DatasourceVariable("datasource").label("Data source")
+                            .type("prometheus"))
+             .with_variable(variable("job", "Job"))
+             .with_variable(variable("instance", "Instance")))
+    panel_id = 0
+    for row_title, panels in ROWS:
+        panel_id += 1
+        board = board.with_row(db.Row(row_title).id(panel_id))
+        for p in panels:
+            panel_id += 1
+            builder = stat.Panel() if p.kind == "stat" else timeseries.Panel()
+            builder = (builder.id(panel_id).title(p.title).unit(p.unit).datasource(source)
+                       .height(p.height).span(p.width))
+            if p.description:
+                builder = builder.description(p.description)
+            if p.unit == "percentunit":
+                builder = builder.min(0).max(1)
+            if p.kind == "stat":
+                builder = (builder.graph_mode(cm.BigValueGraphMode.AREA)
+                           .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"])))
+            else:
+                builder = (builder.fill_opacity(10).line_width(1)
+                           .legend(cb.VizLegendOptions().show_legend(True)
+                                   .display_mode(cm.LegendDisplayMode.LIST)
+                                   .placement(cm.LegendPlacement.BOTTOM))
+                           .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                                    .sort(cm.SortOrder.DESCENDING)))
+            for i, (expr, legend) in enumerate(p.targets):
+                builder = builder.with_target(
+                    prometheus.Dataquery().expr(expr).legend_format(legend)
+                    .ref_id(chr(ord("A") + i)).datasource(source))
+            board = board.with_panel(builder)
+    return json.loads(json.dumps(board.build(), cls=JSONEncoder))
+
+
+def dashboard_text() -> str:
+    return json.dumps(dashboard(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def dashboard_queries(board: dict) -> list[tuple[str, str]]:
+    """(panel title, expr) of every query of every panel."""
+    out = []
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            out.append((panel["title"], target["expr"]))
+    return out
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+
+def outputs() -> dict[Path, str]:
+    rules, board = rule_file_text(), dashboard_text()
+    return {
+        DEPLOY / "alerts.yml": rules,
+        DEPLOY / "grafana" / "dashboards" / "mgeo-worker.json": board,
+        CHART_FILES / "alerts.yml": rules,
+        CHART_FILES / "mgeo-worker-dashboard.json": board,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when an output differs from what is built")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in outputs().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print("out of date (run python deploy/monitoring.py): "
+              + ", ".join(map(str, stale)), file=sys.stderr)
+        return 1
+    for path in stale:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
