@@ -515,14 +515,20 @@ class TrainSettings(_MaxLength, _Device, _ModelPath):
                                  "instead of --data.")
     out: Path = Field(..., description="Directory the trained model is saved to.",
                       json_schema_extra=_meta("DIR"))
+    model: Path | None = Field(
+        None,
+        description="Checkpoint to start from (a local Hugging Face directory: a converted "
+                    "MGeo or an earlier `mgeo train` output), fine-tuned at --lr. Default: a "
+                    "fresh small BERT (--layers, --hidden, --heads).",
+        json_schema_extra=_meta("DIR"))
     base: Path | None = Field(
-        None, description="Checkpoint to fine-tune; default: a fresh small BERT.",
+        None, description="Deprecated alias of --model; will be removed.",
         json_schema_extra=_meta("DIR"))
     epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
     batch_size: int = Field(64, ge=1, description="Pairs per optimizer step.")
     lr: float | None = Field(
         None, gt=0, description="Peak learning rate (linear warm-up and decay). Default: 5e-4 "
-                                "for a fresh model, 3e-5 when fine-tuning --base.",
+                                "for a fresh model, 3e-5 when fine-tuning --model.",
         json_schema_extra=_meta("RATE"))
     warmup: float = Field(0.06, ge=0, lt=1, description="Share of the steps spent warming up.",
                           json_schema_extra=_meta("FRACTION"))

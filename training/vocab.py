@@ -47,3 +47,27 @@ def build_char_tokenizer(out_dir: str | Path, max_length: int = 128):
     tok = AutoTokenizer.from_pretrained(str(out))
     tok.save_pretrained(str(out))
     return tok
+
+
+def char_bert(out_dir: str | Path, *, layers: int, hidden: int, heads: int,
+              intermediate: int | None = None, labels=None, dropout: float = 0.1,
+              max_length: int = 128, max_position: int = 512):
+    """(tokenizer, config) of a fresh BERT sequence classifier over the character vocabulary:
+    the tokenizer files are written into `out_dir`. What `mgeo train` starts from and what the
+    tests' and benchmarks' random models are."""
+    from transformers import BertConfig
+
+    from mgeo.wire import MGEO_LABELS
+
+    labels = list(labels or MGEO_LABELS)
+    if hidden % heads:
+        raise ValueError(f"--hidden {hidden} must be a multiple of --heads {heads}")
+    tokenizer = build_char_tokenizer(out_dir, max_length=max_length)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+        max_position_embeddings=max_position, type_vocab_size=2, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id)
+    return tokenizer, config
