@@ -115,7 +115,6 @@ class Answers:
                                   self.model_name)
         return topic, error, key if key is not None else rid.encode(), [(SUBSTITUTE, b"true")]
 
-
     def kind(self, topic: str, value: bytes | None) -> int:
         """0 a result, 1 an error result, 2 a dead letter (read back from a failed answer)."""
         if topic == self.dlq_topic:
@@ -147,10 +146,10 @@ def answers_of(unit: Unit, live: set[int], output_topic: str):
             if key is None:  # results are keyed by request id: compacted topics keep one
                 key = unit.requests[k].id.encode()
             yield i, output_topic, value, key, m.headers(), 1 if k in unit.failed else 0
-    for i, (topic, value, headers) in unit.answers.items():
+    for i, (topic, value, headers, key) in unit.answers.items():
         m = msgs[i]
         if everything or m.partition() in live:
-            yield i, topic, value, m.key(), headers if headers is not None else m.headers(), \
+            yield i, topic, value, key, headers if headers is not None else m.headers(), \
                 1 if topic == output_topic else 2
 
 

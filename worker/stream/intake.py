@@ -26,11 +26,11 @@ class FatalStop(RuntimeError):
 class Unit:
     """The messages of one poll (of the partitions we own), on their way to being answered.
 
-    `answers` maps a message's index to (topic, value, headers) for answers known at intake;
-    `values` is filled with one result value per request once scored (`failed`: those that
-    are error results because the model failed on the pair); `replace` maps a
-    message's index to why its answer could not be written before (exactly-once rewinds after
-    such a failure): that answer is sent as its bounded substitute instead.
+    `answers` maps a message's index to (topic, value, headers, key) for the answers known at
+    intake; `values` is filled with one result value per request once scored (`failed`: those
+    that are error results because the model failed on the pair); `replace` maps a message's
+    index to why its answer could not be written before (exactly-once rewinds after such a
+    failure): that answer is sent as its bounded substitute instead.
     """
 
     __slots__ = ("msgs", "segs", "requests", "req_msg", "answers", "values", "failed",
@@ -41,7 +41,7 @@ class Unit:
         self.segs: dict[int, Segment] = {}
         self.requests: list[wire.Request] = []
         self.req_msg: list[int] = []
-        self.answers: dict[int, tuple[str, bytes | None, list | None]] = {}
+        self.answers: dict[int, tuple[str, bytes | None, list | None, bytes | None]] = {}
         self.values: list[bytes] | None = None
         self.failed: set[int] = set()  # requests whose value is an error result
         self.replace: dict[int, str] = {}
@@ -96,11 +96,13 @@ class Intake:
                 self._judge(0)
                 continue
             if type(dec) is wire.Invalid:
-                unit.answers[i] = (self.output_topic, error_value(dec), None)
+                key = m.key()  # an error result is keyed by its id, as a result is
+                unit.answers[i] = (self.output_topic, error_value(dec), None,
+                                   key if key is not None else dec.id.encode())
                 self._judge(0)
             else:
                 unit.answers[i] = (self.dlq_topic, value, wire.dlq_headers(
-                    dec.reason, dec.detail, topic, p, offset, m.headers()))
+                    dec.reason, dec.detail, topic, p, offset, m.headers()), m.key())
                 self._judge(1)
         self.stats.consumed += len(msgs)
         if not unit.msgs:
