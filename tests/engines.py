@@ -19,6 +19,7 @@ class RuleEngine:
     labels = ["not_match", "partial_match", "exact_match"]
     positive = ["exact_match"]
     model_name = "rule"
+    device = "cpu"
 
     def __init__(self, poison: str = "毒", broken: bool = False):
         self.poison, self.broken, self.calls = poison, broken, 0

@@ -104,7 +104,9 @@ def test_a_scored_batch_is_published_while_the_loop_waits_in_poll():
 
 
 def test_revoke_drops_queued_work_and_commits_the_work_under_way():
-    h = Harness()
+    engine = RuleEngine()
+    engine.device = "gpu"  # the stage then prepares one batch while another is on the model
+    h = Harness(engine=engine)
     h.assign()
     h.engine.gate.clear()
     units = h.proc.stage._busy  # units taken by the pipeline, by partition
@@ -113,25 +115,44 @@ def test_revoke_drops_queued_work_and_commits_the_work_under_way():
             "A on the model")
     h.send(1, ids("b", 3))                     # unit B: prepared, waiting for the model
     h.until(lambda: h.proc.stage.depths()["prepared"] == 1, "B prepared")
-    h.send(1, ids("c", 3))                     # unit C: prepare holds it (the model is full)
-    h.until(lambda: units[("in", 1)] == 2, "C taken")
-    h.send(1, ids("d", 3))                     # unit D: still queued
+    h.send(1, ids("c", 3))                     # units C and D: queued (the pipeline is full)
     h.read(1)
-    h.until(lambda: h.proc.stage.depths()["intake"] == 3, "D queued")
+    h.send(1, ids("d", 3))
+    h.read(1)
+    h.until(lambda: h.proc.stage.depths()["intake"] == 6, "C and D queued")
     revoked = h.rebalance("revoke", [("in", 1)])
     h.until(lambda: h.proc.stats.revocations == 1, "the revoke under way")
-    assert not revoked.is_set()  # it waits for B and C, under way
+    assert not revoked.is_set()  # it waits for B, under way
     h.engine.gate.set()
     assert revoked.wait(WAIT)
-    assert h.broker.committed[("in", 1)] == 6  # B and C answered and committed; D not
-    assert set(h.answered_ids()) >= set(ids("a", 3) + ids("b", 3) + ids("c", 3))
-    assert not set(h.answered_ids()) & set(ids("d", 3))
-    h.assign([("in", 1)])                      # back to us: D is read again and answered
-    h.until(lambda: set(ids("d", 3)) <= {a["id"] for a in h.answers()}, "D answered")
+    assert h.broker.committed[("in", 1)] == 3  # B answered and committed; C and D not
+    assert set(h.answered_ids()) >= set(ids("a", 3) + ids("b", 3))
+    assert not set(h.answered_ids()) & set(ids("c", 3) + ids("d", 3))
+    h.assign([("in", 1)])                      # back to us: C and D are read again
+    h.until(lambda: set(ids("c", 3) + ids("d", 3)) <= {a["id"] for a in h.answers()},
+            "C and D answered")
     assert h.stop() == 0
     assert sorted(h.answered_ids()) == sorted(ids("a", 3) + ids("b", 3) + ids("c", 3)
                                               + ids("d", 3))
     assert h.proc.tracker.inflight == 0
+
+
+def test_on_a_cpu_a_batch_is_taken_only_when_the_model_is_free():
+    h = Harness()  # RuleEngine runs on "cpu"
+    h.assign()
+    h.engine.gate.clear()
+    h.send(0, ["a0"])
+    h.until(lambda: h.proc.stage.busy({("in", 0)}), "the first batch on the model")
+    for i in range(1, 4):  # three more polls while the model is busy
+        h.send(0, [f"a{i}"])
+        h.read(0)
+    h.until(lambda: h.proc.stage.depths()["intake"] == 3, "the rest queued")
+    assert h.proc.stage.depths()["prepared"] == 0  # nothing cut early
+    calls = h.engine.calls
+    h.engine.gate.set()
+    h.until(lambda: len(h.answers()) == 4, "every answer")
+    assert h.engine.calls == calls + 1  # the three waiting polls made one batch
+    assert h.stop() == 0
 
 
 def test_no_answer_is_sent_for_a_partition_after_it_was_lost():

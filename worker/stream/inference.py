@@ -6,8 +6,8 @@ Three threads, each waiting on a queue (no polling, no timers):
     tokenize    the model   encode results, produce them
 
 - prepare takes everything queued now (continuous batching: under light load a batch is what
-  has arrived, under heavy load it grows to --max-batch-pairs), and prepares it on the CPU while
-  the previous batch is on the device;
+  has arrived, under heavy load it grows to --max-batch-pairs) as soon as the model can take a
+  batch: with a GPU while the previous batch is on the device, on a CPU once the model is free;
 - score runs the model;
 - publish encodes the results and hands each unit to the delivery strategy, which produces its
   answers at once: an answer never waits for the Kafka loop's next poll.
@@ -40,7 +40,7 @@ class InferenceStage:
     def __init__(self, scorer: Scorer, publish: Callable[[Unit], None], *,
                  tracker: OffsetTracker, stats: Stats, max_pairs: int,
                  on_failure: Callable[[BaseException], None], progress: threading.Condition,
-                 observer: Observer | None = None):
+                 observer: Observer | None = None, prefetch: bool = False):
         self.scorer, self.publish = scorer, publish
         self.tracker, self.stats, self.max_pairs = tracker, stats, max_pairs
         self.on_failure, self.progress, self.observer = on_failure, progress, observer
@@ -48,7 +48,13 @@ class InferenceStage:
         self._queued_pairs = 0
         self._busy: Counter[TP] = Counter()   # partitions of units taken, not yet published
         self._closing = False
-        self._prepared: queue.Queue = queue.Queue(maxsize=1)  # prepare one batch ahead
+        # Batches in preparation, prepared or on the model at once. With a GPU, one is
+        # prepared while another runs, so the device never waits for the CPU; on a CPU the model
+        # and the preparing share the cores, so a batch is taken only when the model is free:
+        # it then holds everything that arrived meanwhile (larger batches, and no batch waits
+        # behind another that was cut early).
+        self._slots = threading.Semaphore(2 if prefetch else 1)
+        self._prepared: queue.Queue = queue.Queue(maxsize=1)
         self._scored: queue.Queue = queue.Queue(maxsize=2)
         self._threads = [threading.Thread(target=self._guard, args=(fn,), name=name,
                                           daemon=True)
@@ -131,6 +137,7 @@ class InferenceStage:
 
     def _prepare_loop(self) -> None:
         while True:
+            self._slots.acquire()  # released when the model has finished a batch
             units = self._take()
             if units is None:
                 self._prepared.put(_STOP)
@@ -151,7 +158,9 @@ class InferenceStage:
                 return
             units, job, started = item
             self._moved()
-            self._scored.put((units, self.scorer.run(job), started))
+            job = self.scorer.run(job)
+            self._slots.release()
+            self._scored.put((units, job, started))
             self._moved()
 
     def _publish_loop(self) -> None:

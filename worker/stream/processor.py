@@ -128,7 +128,8 @@ class StreamProcessor:
         self.stage = InferenceStage(self.scorer, self.delivery.publish, tracker=self.tracker,
                                     stats=self.stats, max_pairs=s.max_batch_pairs,
                                     on_failure=self.fail, progress=self.progress,
-                                    observer=self.observer)
+                                    observer=self.observer,
+                                    prefetch=self.scorer.engine.device != "cpu")
         self.stage.start()
         self.consumer.subscribe([s.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)

@@ -35,6 +35,7 @@ class EngineLike(Protocol):
     labels: list[str]
     positive: list[str]
     model_name: str
+    device: str  # "cpu" or an accelerator's name
 
     def prepare(self, pairs: Sequence[tuple[str, str]]) -> Any: ...
     def forward(self, prepared: Any) -> RowsLike: ...
