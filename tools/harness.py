@@ -40,7 +40,9 @@ class Worker:
     """`mgeo worker` in a subprocess; `wait_assigned` returns once it owns partitions."""
 
     def __init__(self, bootstrap: str, topics: Topics, model: Path, *, device: str = "cpu",
-                 log_path: Path | None = None, **settings: str):
+                 log_path: Path | None = None, argv: Sequence[str] | None = None,
+                 env_extra: dict[str, str] | None = None, cwd: Path | None = None,
+                 **settings: str):
         env = dict(os.environ)
         env.update({"MGEO_BOOTSTRAP_SERVERS": bootstrap, "MGEO_INPUT_TOPIC": topics.input,
                     "MGEO_OUTPUT_TOPIC": topics.output, "MGEO_DLQ_TOPIC": topics.dlq,
@@ -49,10 +51,12 @@ class Worker:
                     "MGEO_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
                     "MGEO_LOG_LEVEL": "info"})  # its join is read from its log
         env.update({f"MGEO_{k.upper()}": str(v) for k, v in settings.items()})
+        env.update(env_extra or {})
         self.lines: list[str] = []
         self._assigned = threading.Event()
         self._log = open(log_path, "w", encoding="utf-8") if log_path else None
-        self.proc = subprocess.Popen([sys.executable, "-m", "mgeo.tools.cli", "worker"], env=env,
+        argv = list(argv or [sys.executable, "-m", "mgeo.tools.cli", "worker"])
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
