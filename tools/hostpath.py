@@ -1,6 +1,6 @@
 """`mgeo bench --host-path`: can one worker feed a fast GPU?
 
-With a model whose compute is negligible (1 layer, hidden 16, the real tokenizer), what is
+With a model whose compute is negligible (no transformer layer, the real tokenizer), what is
 measured is everything around the model: tokenizing, batching, Kafka, encoding results. In one
 run, on the same pairs:
 

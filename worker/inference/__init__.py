@@ -9,7 +9,8 @@ Kafka, encoding) need those cores, and on the 2-core CI machine, beside another 
 the engine scored ~800 pairs/s that way. Not spinning at all (`OMP_WAIT_POLICY=PASSIVE`) costs
 a wake-up for every operator instead: on a quiet machine the demonstration model's batches of
 10 pairs ran at 684 pairs/s passive, 944 with the short spin and 915 with the default; the
-nearly free model of `mgeo bench --host-path` at 30,000, 40,000 and 38,000.
+one-layer nearly free model then used by `mgeo bench --host-path` at 30,000, 40,000 and
+38,000.
 """
 
 import os
