@@ -1,18 +1,10 @@
 """The inference part of the worker: engine, batching, tokenization, device and precision, model
 loading and conversion. It knows nothing of Kafka.
 
-Importing it before torch makes torch's CPU threads (GNU OpenMP, as in torch's Linux wheels)
-spin only briefly before they sleep between operators (`GOMP_SPINCOUNT=10000`, unless the
-environment says otherwise). OpenMP's default spins for ~300,000 iterations, long enough to keep
-a core busy between a forward's operators and beyond: the worker's own threads (tokenizing,
-Kafka, encoding) need those cores, and on the 2-core CI machine, beside another busy process,
-the engine scored ~800 pairs/s that way. Not spinning at all (`OMP_WAIT_POLICY=PASSIVE`) costs
-a wake-up for every operator instead: on a quiet machine the demonstration model's batches of
-10 pairs ran at 684 pairs/s passive, 944 with the short spin and 915 with the default; the
-one-layer nearly free model then used by `mgeo bench --host-path` at 30,000, 40,000 and
-38,000.
+Torch's CPU threads keep OpenMP's default wait policy (they spin a while between operators,
+then sleep). On the 2-core CI machine, with the broker and the load on the same cores, that
+default answered 600 requests/s with the demonstration model at p50 43-46 ms and p99 94-99 ms;
+a short spin (`GOMP_SPINCOUNT=10000`) at p50 87-94 and p99 216-292; no spin at all
+(`GOMP_SPINCOUNT=0`) at p50 47-54 and p99 132-142. Set `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`
+in the environment to choose otherwise.
 """
-
-import os
-
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
