@@ -244,8 +244,10 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ), "Share of the model's work spent on real tokens rather than padding."),
         Panel("Pipeline queues", "timeseries", "short", (
             (_q("sum by (stage) (mgeo_stage_queue{SEL})"), "{{stage}}"),
-        ), "Work waiting at each stage (intake: requests; prepared, scored: batches). Under load a "
-           "full `prepared` queue means the model is the limit; an empty one, the host."),
+        ), "Work waiting at each stage (intake: requests; prepared, scored: batches). On a GPU, "
+           "under load a full `prepared` queue means the model is the limit and an empty one the "
+           "host. On a CPU a batch is prepared only when the model is free, so there a growing "
+           "`intake` is the sign that the model is the limit."),
         Panel("Out-of-memory back-offs", "timeseries", "short", (
             (_q("sum by (instance) (increase(mgeo_oom_retries_total{SEL}[RATE]))"),
              "{{instance}}"),
