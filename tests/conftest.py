@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -184,13 +183,9 @@ class WorkerProcess:
         return "\n".join(self.lines[-80:])
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait(10)
+        from mgeo.tools.harness import terminate
+
+        rc = terminate(self.proc, timeout)
         self._reader.join(5)
         return rc
 

@@ -76,17 +76,23 @@ class Worker:
             raise RuntimeError("the worker did not join its group:\n" + "\n".join(self.lines[-30:]))
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+        code = terminate(self.proc, timeout)
         self._reader.join(5)
         if self._log:
             self._log.close()
         return code
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 60.0) -> int:
+    """SIGTERM (unless it has exited), then its exit code; killed if it is still there after
+    `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
 
 
 def _producer(bootstrap: str, linger_ms: float = 5):
