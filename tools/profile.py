@@ -60,7 +60,8 @@ def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) ->
                           **{k.removeprefix("mgeo."): round(stages.get(k, 0.0), 4)
                              for k in _STAGES}},
         "top_ops": [{"op": e.key, "calls": e.count,
-                     "seconds": round(time_of(e) / 1e6, 4),
+                     # the profiler counts microseconds: keep them, so a short op is not 0
+                     "seconds": round(time_of(e) / 1e6, 6),
                      "share": round(time_of(e) / total, 4)} for e in top],
     }
     tokenize /= wall
