@@ -210,13 +210,30 @@ class _Threads(Base):
         None, ge=1,
         description="CPU threads torch may use for the model (default: torch's choice, the "
                     "physical cores). Lower it when several workers share a host.")
+    lanes: int | None = Field(
+        None, ge=1,
+        description="cpu: model batches run at once, each on its own thread with --threads / "
+                    "--lanes torch threads. Independent batches do not wait for each other at "
+                    "every operator as the threads of one batch do (on 2 cores, two lanes of "
+                    "one thread scored the bundled model 1.1-1.6x faster than one lane of two). "
+                    "Default: at least 2, with at most 4 threads each. cuda: 1.")
 
 
 class _Batching(Base):
+    batch_layout: Literal["auto", "packed", "padded"] = Field(
+        "auto",
+        description="How a batch reaches the model. packed: the pairs' tokens end to end with "
+                    "no padding (only attention pads, per group of similar lengths), so a "
+                    "small batch of mixed lengths costs what its tokens cost; BERT models only "
+                    "(MGeo is one). padded: [pairs x longest pair] tensors through the "
+                    "transformers call, any architecture. auto: packed on cpu where the model "
+                    "allows it (1.5-2x the pairs/s of padded on small batches), padded on cuda, "
+                    "where packed is not yet measured.")
     token_budget: int | None = Field(
         None, ge=64,
-        description="Padded tokens per model batch. Default: found at start-up from free GPU "
-                    "memory on cuda, 8192 on cpu.",
+        description="Tokens per model batch: padded tokens, or real ones with the packed "
+                    "layout. Default: found at start-up from free GPU memory on cuda, 8192 on "
+                    "cpu.",
         json_schema_extra=_meta("TOKENS"))
     memory_fraction: float = Field(
         0.8, gt=0.05, le=0.98,

@@ -20,6 +20,7 @@ class RuleEngine:
     positive = ["exact_match"]
     model_name = "rule"
     device = "cpu"
+    lanes = 1
 
     def __init__(self, poison: str = "毒", broken: bool = False):
         self.poison, self.broken, self.calls = poison, broken, 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,9 +15,11 @@ from mgeo.worker.inference import device as device_mod  # noqa: E402
 from mgeo.worker.inference import model as model_mod  # noqa: E402
 from mgeo.worker.inference.device import resolve_positive, resolve_precision  # noqa: E402
 from mgeo.worker.inference.engine import Engine  # noqa: E402
+from mgeo.worker.inference.packed import Packed  # noqa: E402
 from mgeo.tools.models import build_random_model  # noqa: E402
 from mgeo.worker.inference.model import load_model  # noqa: E402
 
+WAIT_S = 30  # a bound on waits for the engine's threads, never a duration a test depends on
 CHARS = "北京上海市区路街道号楼栋单元室紫萱栖霞仙林文枢东西南北中山人民解放建设0123456789"
 
 
@@ -111,20 +114,31 @@ class FlakyForward:
         self.calls = 0
         self.scored_rows: list[tuple[int, ...]] = []
 
-    def __call__(self, input_ids, token_type_ids, attention_mask):
+    def __call__(self, inputs):
         self.calls += 1
-        if self.fail_when(self.calls, input_ids):
+        if self.calls > 100:  # a retry loop that never ends fails the test, not hangs it
+            raise RuntimeError("the engine retried more than 100 times")
+        if self.fail_when(self.calls, inputs):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        logits = self.inner(input_ids, token_type_ids, attention_mask)
-        self.scored_rows += [tuple(r[r != 0].tolist()) for r in input_ids]  # 0 is [PAD]
+        logits = self.inner(inputs)
+        self.scored_rows += _sequences(inputs)
         return logits
+
+
+def _sequences(inputs) -> list[tuple[int, ...]]:
+    """The token ids of each pair a model batch holds, padding left out, in either layout."""
+    if isinstance(inputs, Packed):
+        ids = inputs.ids.tolist()
+        ends = np.cumsum(inputs.lengths).tolist()
+        return [tuple(ids[end - n:end]) for end, n in zip(ends, inputs.lengths.tolist())]
+    return [tuple(r[r != 0].tolist()) for r in inputs.ids]  # 0 is [PAD]
 
 
 def test_oom_retries_the_same_pairs_then_the_budget_recovers(tiny):
     pairs = _pairs(80, seed=3)
     engine = Engine(*load_model(tiny), device="cpu", token_budget=2048, grow_after=2,
                     model_name="tiny")
-    flaky = FlakyForward(engine, lambda call, ids: call in (1, 2))  # two OOMs in a row
+    flaky = FlakyForward(engine, lambda call, inputs: call in (1, 2))  # two OOMs in a row
     engine._forward = flaky
     got = engine.score(pairs)
 
@@ -149,10 +163,24 @@ def test_oom_retries_the_same_pairs_then_the_budget_recovers(tiny):
 
 def test_oom_on_a_single_pair_is_a_systemic_failure(tiny):
     engine = _engine(tiny)
-    engine._forward = FlakyForward(engine, lambda call, ids: True)
+    engine._forward = FlakyForward(engine, lambda call, inputs: True)
     with pytest.raises(RuntimeError, match="single pair"):
         engine.score(_pairs(3))
-    assert engine.stats()["oom_retries"] == 2  # halved once, then a lone pair failed
+    # Split once or twice (by the halved budget, then in halves), then a lone pair failed.
+    assert engine.stats()["oom_retries"] in (2, 3)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_oom_on_short_pairs_under_the_budget_floor_splits_them(tiny, layout):
+    """Two short pairs fit the smallest budget (one max-length pair) together: a retry must
+    still split them, not rerun the same batch for ever."""
+    pairs = [("北京路1号", "北京路2号"), ("上海市", "上海")]
+    engine = _engine(tiny, batch_layout=layout)
+    flaky = FlakyForward(engine, lambda call, inputs: len(_sequences(inputs)) > 1)
+    engine._forward = flaky
+    got = engine.score(pairs)
+    _close(got, _reference(tiny, pairs))
+    assert engine.stats()["oom_retries"] == 1 and flaky.calls == 3
 
 
 def test_truncation_flag(tiny):
@@ -318,14 +346,18 @@ def test_score_file_jsonl_round_trip_and_input_is_never_overwritten(tiny, tmp_pa
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_scores_equal_the_transformers_call_on_the_same_batches():
-    """What the engine computed before its own pair encoder and prepared masks: per planned
-    batch, `tokenizer(a, b, truncation=True, max_length=128, padding=True)` and the model. The
-    scores must not move by more than 1e-6 (the bundled model, pairs of every length)."""
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_scores_equal_the_transformers_call_on_the_same_batches(layout):
+    """What the engine computed before its own pair encoder, prepared masks and packed layout:
+    per planned batch, `tokenizer(a, b, truncation=True, max_length=128, padding=True)` and the
+    model. The scores must not move by more than 1e-6 (the bundled model, pairs of every
+    length)."""
     from mgeo.worker.inference.model import default_model_dir
 
     tokenizer, model, id2label = load_model(default_model_dir())
-    engine = Engine(tokenizer, model, id2label, device="cpu", token_budget=2048)
+    engine = Engine(tokenizer, model, id2label, device="cpu", token_budget=2048,
+                    batch_layout=layout)
+    assert engine.layout == layout
     pairs = _pairs(150, seed=21) + [("北" * 100, "南" * 80), ("紫萱路363号 SOHO", "ＡＢＣ ３６３号")]
     prep = engine.prepare(pairs)
     got = engine.forward(prep)
@@ -341,3 +373,62 @@ def test_scores_equal_the_transformers_call_on_the_same_batches():
     diff = max(abs(x - y) for pair, row in zip(pairs, got.probs)
                for x, y in zip(row, want[pair]))
     assert diff <= 1e-6, diff
+
+
+def test_packed_is_the_cpu_default_for_bert_and_other_models_run_padded(tiny):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    assert _engine(tiny).layout == "packed"
+    assert _engine(tiny).stats()["batch_layout"] == "packed"
+    tokenizer, _, id2label = load_model(tiny)
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=64, num_labels=3,
+                           type_vocab_size=2)
+    roberta = RobertaForSequenceClassification(config)
+    engine = Engine(tokenizer, roberta, id2label, device="cpu")
+    assert engine.layout == "padded"
+    assert len(engine.score(_pairs(5))) == 5
+    with pytest.raises(ValueError, match="batch-layout padded"):
+        Engine(tokenizer, RobertaForSequenceClassification(config), id2label, device="cpu",
+               batch_layout="packed")
+
+
+def test_packed_batches_keep_to_the_token_budget_and_score_every_pair_once(tiny):
+    pairs = _pairs(120, seed=8)
+    engine = _engine(tiny, token_budget=300)
+    prep = engine.prepare(pairs)
+    lengths = prep.enc.lengths
+    seen = np.concatenate([b.rows for b in prep.batches])
+    assert sorted(seen.tolist()) == list(range(len(prep.keys)))
+    for b in prep.batches:
+        assert b.cost == lengths[b.rows].sum() and (b.cost <= 300 or len(b.rows) == 1)
+        assert list(lengths[b.rows]) == sorted(lengths[b.rows], reverse=True)
+    _close(engine.score(pairs), _reference(tiny, pairs))
+
+
+def test_lane_rules():
+    from mgeo.worker.inference.device import resolve_lanes
+
+    assert [resolve_lanes(None, "cpu", t) for t in (1, 2, 4, 8, 16, 32)] == [1, 2, 2, 2, 4, 8]
+    assert resolve_lanes(3, "cpu", 4) == 3
+    assert resolve_lanes(None, "cuda", 16) == 1
+    with pytest.raises(ValueError, match="lower --lanes or raise --threads"):
+        resolve_lanes(5, "cpu", 4)
+    with pytest.raises(ValueError, match="--processes"):
+        resolve_lanes(2, "cuda", 16)
+
+
+def test_lanes_score_a_job_in_parallel_batches_exactly_as_one_lane(tiny):
+    pairs = _pairs(200, seed=12)
+    one = _engine(tiny, lanes=1, threads=2, token_budget=512)
+    two = _engine(tiny, lanes=2, threads=2, token_budget=512)
+    assert (one.lane_threads, two.lane_threads) == (2, 1)
+    # Each lane runs with its own share of the threads.
+    assert two._pool.submit(torch.get_num_threads).result(WAIT_S) == 1
+    assert one._pool.submit(torch.get_num_threads).result(WAIT_S) == 2
+    a, b = one.score(pairs), two.score(pairs)
+    _close(a, [x.probs for x in b], tol=1e-6)
+    stats = two.stats()
+    assert stats["batches"] > 2 and stats["scored_pairs"] == 200 and stats["lanes"] == 2
+    _close(b, _reference(tiny, pairs))
+    two.close()

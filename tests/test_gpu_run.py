@@ -40,7 +40,10 @@ def test_the_report_renders_every_step(tiny_model, tmp_path, capsys):
         "versions": {"device": "cpu", "device_name": "test", "cpu": "test", "cores": 2,
                      "python": sys.version.split()[0], "torch": "x", "cuda": None,
                      "transformers": "x", "tokenizers": "x", "librdkafka": "x"},
-        "engine": _bench_json(capsys, "--model", str(tiny_model), "--pairs", "64"),
+        "engine": _bench_json(capsys, "--model", str(tiny_model), "--pairs", "64",
+                              "--batch-layout", "padded"),
+        "packed": _bench_json(capsys, "--model", str(tiny_model), "--pairs", "64",
+                              "--batch-layout", "packed"),
         "host": _bench_json(capsys, "--host-path", "--model", str(tiny_model), "--pairs", "2000",
                             "--processes-list", "1"),
         "latency": _bench_json(capsys, "--latency", "--model", str(tiny_model),
@@ -52,6 +55,7 @@ def test_the_report_renders_every_step(tiny_model, tmp_path, capsys):
     assert _report_module().main(tmp_path) == 0
     md = (tmp_path / "results.md").read_text()
     assert "## 1. Engine vs the common loop" in md and "model only" in md
+    assert "| engine, --batch-layout packed (packed, max score diff" in md
     assert "| worker, 1 process(es), 2000 pairs |" in md
     assert "## 3. One worker end to end, BERT-base\n\nfailed: exit code 124" in md
     assert md.count("| 10% |") == 1 and "| 67% |" in md

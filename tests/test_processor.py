@@ -155,6 +155,52 @@ def test_on_a_cpu_a_batch_is_taken_only_when_the_model_is_free():
     assert h.stop() == 0
 
 
+class LaneEngine(RuleEngine):
+    """Two lanes; a batch holding "slow" waits at its gate until the test opens it."""
+
+    lanes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.slow = threading.Event()
+
+    def forward(self, pairs):
+        if any("slow" in a for a, _ in pairs):
+            assert self.slow.wait(WAIT), "the slow batch was never let go"
+        return super().forward(pairs)
+
+
+def test_with_two_lanes_a_batch_is_answered_while_an_earlier_one_is_still_scored():
+    h = Harness(engine=LaneEngine())
+    h.assign()
+    h.send(0, ["s0"], a="slow", b="slow")
+    h.until(lambda: h.proc.stage.busy({("in", 0)}), "the slow batch on a lane")
+    h.send(1, ["f0", "f1"])
+    # The second batch takes the other lane and is answered; the first still holds its lane.
+    h.until(lambda: h.answered_ids() == ["f0", "f1"], "the later batch answered first")
+    assert h.proc.stage.busy({("in", 0)})
+    h.until(lambda: h.broker.committed.get(("in", 1)) == 2, "in[1] committed")
+    assert ("in", 0) not in h.broker.committed  # nothing of in[0] is final yet
+    h.engine.slow.set()
+    h.until(lambda: len(h.answers()) == 3, "every answer")
+    h.until(lambda: h.broker.committed.get(("in", 0)) == 1, "in[0] committed")
+    assert h.stop() == 0
+
+
+def test_stopping_with_two_lanes_finishes_both_and_stops_every_thread():
+    h = Harness(engine=LaneEngine())
+    h.assign()
+    h.send(0, ["s0"], a="slow", b="slow")
+    h.until(lambda: h.proc.stage.busy({("in", 0)}), "the slow batch on a lane")
+    h.send(1, ["f0"])
+    h.until(lambda: h.answered_ids() == ["f0"], "the other lane's answer")
+    h.proc.stop()
+    h.engine.slow.set()
+    assert h.stop() == 0
+    assert h.answered_ids() == ["f0", "s0"]
+    assert not any(t.is_alive() for t in h.proc.stage._threads)
+
+
 def test_no_answer_is_sent_for_a_partition_after_it_was_lost():
     h = Harness()
     h.assign()

@@ -81,8 +81,10 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
     """Time the reference loop and the engine on the same pairs; returns (report, timings)."""
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
-    if s.threads:
-        torch.set_num_threads(s.threads)
+    # The reference loop runs on this thread with every torch thread, as scripts do; the
+    # engine's lanes set their own share in their own threads.
+    threads = s.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
     rows, source = make_pairs(s.pairs + _WARMUP, s.seed)
     warm = [(r["addr1"], r["addr2"]) for r in rows[:_WARMUP]]
     pairs = [(r["addr1"], r["addr2"]) for r in rows[_WARMUP:]]
@@ -128,7 +130,10 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         "pair_source": source,
         "token_length": _length_stats(lengths),
         "model": model_desc,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "batch_layout": engine.layout,
+        "lanes": engine.lanes,
+        "lane_threads": engine.lane_threads,
         "rounds": s.rounds,
         "baseline_pairs_per_s": round(len(pairs) / ref_best, 2),
         "engine_pairs_per_s": round(len(pairs) / eng_best, 2),
@@ -239,7 +244,9 @@ def _print_table(r: dict) -> None:
     print(f"  tokens a pair: mean {t['mean']}, p50 {t['p50']:.0f}, p90 {t['p90']:.0f}, "
           f"p99 {t['p99']:.0f}, max {t['max']}")
     print(f"  model: {r['model']}")
-    print(f"  device: {r['device']} ({r['device_name']}), torch threads {r['torch_threads']}")
+    print(f"  device: {r['device']} ({r['device_name']}), torch threads {r['torch_threads']}; "
+          f"engine: {r['batch_layout']} batches, {r['lanes']} lane(s) of "
+          f"{r['lane_threads']} thread(s)")
     print()
     print(f"  {'configuration':<44}{'pairs/s':>10}{'padding eff.':>14}{'batches':>9}")
     print(f"  {'reference: batch ' + str(r['ref_batch']) + ', input order, ' + r['reference_precision']:<44}"

@@ -27,7 +27,8 @@ def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) ->
     cuda = engine.device == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     before = engine.stats()["tokenize_seconds"]
-    with profile(activities=activities) as prof:
+    # The profiler follows the thread that starts it: the batches run on it, as on one lane.
+    with engine.inline(), profile(activities=activities) as prof:
         started = time.perf_counter()
         engine.score(pairs)
         if cuda:
@@ -77,7 +78,8 @@ def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) ->
                             f"launching kernels takes {launch:.0%} of it and tokenization "
                             f"(preparing batches) {tokenize:.0%}")
     else:
-        out["limit"] = (f"CPU compute on {torch.get_num_threads()} threads: {top[0].key} takes "
+        out["limit"] = (f"CPU compute on one lane of {engine.lane_threads} thread(s) "
+                        f"({engine.lanes} in the worker): {top[0].key} takes "
                         f"{time_of(top[0]) / total:.0%} of operator time; tokenization "
                         f"(preparing batches) {tokenize:.0%} of the wall time")
     return out

@@ -75,8 +75,9 @@ def _start(s: WorkerSettings, state: dict):
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"mgeo worker: cannot load the model: {exc}", file=sys.stderr)
         return None, None
-    log.info("model %s loaded on %s (%s), labels %s, score = P(%s), token budget %d",
-             engine.model_name, engine.device, engine.precision, engine.labels,
+    log.info("model %s loaded on %s (%s, %s batches, %d lane(s) of %d thread(s)), labels %s, "
+             "score = P(%s), token budget %d", engine.model_name, engine.device,
+             engine.precision, engine.layout, engine.lanes, engine.lane_threads, engine.labels,
              " + ".join(engine.positive), engine.token_budget)
     stats = Stats()
     metrics = server = None

@@ -5,11 +5,20 @@ prepares the next call while the device runs this one:
 
 - `prepare(pairs)` (CPU only): identical pairs scored once, the cache consulted, every distinct
   address tokenized once (`PairEncoder`: MGeo's exact inputs without the wrapper's per-token
-  Python), the pairs sorted by length and cut into batches by a token budget (little padding,
-  large batches of short pairs), each batch padded into tensors (pinned on a GPU host);
+  Python), the pairs sorted by length and cut into batches by a token budget, each batch laid
+  out for the model (pinned on a GPU host) in one of two layouts:
+  - packed (`packed.py`, BERT models; the default on a CPU): the pairs' tokens end to end, no
+    padding except inside attention, so a batch of pairs of all lengths costs what its tokens
+    cost;
+  - padded: `pairs x longest pair` tensors for the `transformers` call (any architecture);
+    sorting keeps the padding small in large batches, not in the small ones of a light stream;
 - `forward(prepared)` (the device): every batch run in fp16 on a GPU (softmax in fp32), with one
   device-to-host copy at the end of the call rather than one a batch. A CUDA out-of-memory error
-  halves the budget and retries the same pairs, never drops them.
+  halves the budget and retries the same pairs, never drops them. On a CPU the batches run on
+  the engine's lanes: threads that each run one batch at a time with `threads / lanes` torch
+  threads of their own. Several lanes compute at once, from one call or from several calls made
+  at the same time, without the barrier every operator puts between the threads of one batch;
+  on small matrices that is most of the gain of more cores (see `device.resolve_lanes`).
 
 `score_rows(pairs)` does both in one call; `score(pairs)` returns one `Scored` object a pair.
 Each model batch is reported to the observers added with `add_observer` (the worker's metrics).
@@ -17,22 +26,26 @@ Each model batch is reported to the observers added with `add_observer` (the wor
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.profiler import record_function
 
 from mgeo.worker.inference.batcher import AdaptiveBudget, plan_batches, round_up
-from mgeo.worker.inference.device import (quantize_int8, resolve_device, resolve_positive,
-                                          resolve_precision, torch_dtype)
+from mgeo.worker.inference.device import (quantize_int8, resolve_device, resolve_lanes,
+                                          resolve_positive, resolve_precision, torch_dtype)
 from mgeo.worker.inference.memory import OOM, probe_cuda_budget
+from mgeo.worker.inference.packed import Packed, PackedBert, unsupported
 from mgeo.worker.inference.tokenize import Encoded, PairEncoder
 
 if TYPE_CHECKING:
@@ -67,10 +80,27 @@ class Rows:
 
 
 @dataclass(slots=True)
+class Padded:
+    """The model inputs of a padded batch: [pairs, width] ids and token types, and the
+    attention mask ([pairs, 1, 1, width] bool) or None when nothing is padding."""
+
+    ids: torch.Tensor
+    types: torch.Tensor
+    mask: torch.Tensor | None
+
+    def to(self, device: str, pin: bool = False) -> "Padded":
+        def move(t):
+            if t is None:
+                return None
+            return t.pin_memory() if pin else t.to(device, non_blocking=True)
+        return Padded(move(self.ids), move(self.types), move(self.mask))
+
+
+@dataclass(slots=True)
 class _Batch:
     rows: np.ndarray       # rows of `Prepared.enc`
-    width: int             # padded length
-    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # ids, types, mask
+    cost: int              # tokens the linear layers compute: padded, or real when packed
+    inputs: Padded | Packed
 
 
 @dataclass(slots=True)
@@ -112,18 +142,52 @@ class _LRU:
         return len(self._data)
 
 
+class _Lanes:
+    """Threads that each run one task at a time with `threads` torch threads of their own.
+    Daemons: a worker told to leave now does not wait for a batch in progress."""
+
+    def __init__(self, n: int, threads: int):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._n = n
+        for i in range(n):
+            threading.Thread(target=self._loop, args=(threads,), name=f"mgeo-lane-{i}",
+                             daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._tasks.put((future, fn, args))
+        return future
+
+    def close(self) -> None:
+        for _ in range(self._n):
+            self._tasks.put(None)
+
+    def _loop(self, threads: int) -> None:
+        torch.get_num_threads()  # torch sets a new thread's count on first use: do it now
+        torch.set_num_threads(threads)
+        while (task := self._tasks.get()) is not None:
+            future, fn, args = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # noqa: BLE001 - the caller's to handle
+                    future.set_exception(exc)
+
+
 class Engine:
     """Scores address pairs with a sequence-classification model.
 
-    `prepare` and `forward` may run on two threads at once (one thread each); `score_rows` and
-    `score` may be called from any thread (a lock keeps them one at a time).
+    `prepare` and `forward` may run on two threads at once (one thread each), and on a CPU
+    `forward` on as many threads at once as there are lanes; `score_rows` and `score` may be
+    called from any thread (a lock keeps them one at a time).
     """
 
     def __init__(self, tokenizer, model, id2label: dict[int, str], *, device: str = "auto",
                  precision: str = "auto", max_length: int = 128, token_budget: int | None = None,
                  memory_fraction: float = 0.8, cache_size: int = 0,
                  positive_labels: Sequence[str] | None = None, model_name: str = "model",
-                 grow_after: int = 32):
+                 grow_after: int = 32, batch_layout: str = "auto", lanes: int | None = None,
+                 threads: int | None = None):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.labels = [id2label[i] for i in range(len(id2label))]
@@ -134,6 +198,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.encoder = PairEncoder(tokenizer, max_length)
         self.model = self._prepare_model(model)
+        self.layout = self._resolve_layout(batch_layout)
+        self._packed = PackedBert(self.model) if self.layout == "packed" else None
         # Tensor cores run fp16 matrix products best on multiples of 8.
         self._multiple = 8 if self.device == "cuda" else 1
         start = token_budget or self._startup_budget()
@@ -141,7 +207,12 @@ class Engine:
                                       grow_after=grow_after)
         self._cache = _LRU(cache_size) if cache_size > 0 else None
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()  # the lanes record their batches at once
         self._observers: list[BatchObserver] = []
+        total = threads or torch.get_num_threads()
+        self.lanes = resolve_lanes(lanes, self.device, total)
+        self.lane_threads = max(1, total // self.lanes)
+        self._pool = _Lanes(self.lanes, self.lane_threads) if self.device == "cpu" else None
         # Written by the preparing thread: pairs .. tokenize_seconds; by the device thread:
         # batches .. oom_retries. stats() reads them.
         self._counts = dict.fromkeys(
@@ -153,14 +224,13 @@ class Engine:
     def from_settings(cls, s: "ModelSettings") -> "Engine":
         from mgeo.worker.inference.model import default_model_dir, load_model
 
-        if s.threads:
-            torch.set_num_threads(s.threads)
         path = Path(s.model) if s.model else default_model_dir()
         tokenizer, model, id2label = load_model(path)
         return cls(tokenizer, model, id2label, device=s.device, precision=s.precision,
                    max_length=s.max_length, token_budget=s.token_budget,
                    memory_fraction=s.memory_fraction, cache_size=s.cache_size,
-                   positive_labels=s.positive_labels, model_name=path.resolve().name)
+                   positive_labels=s.positive_labels, model_name=path.resolve().name,
+                   batch_layout=s.batch_layout, lanes=s.lanes, threads=s.threads)
 
     # ---- public surface -------------------------------------------------------------------
 
@@ -187,13 +257,19 @@ class Engine:
         tokenized and on the device, timed from the first launch to the last result (the
         bound for `forward`, which adds the copies to the device and back)."""
         prep = self.prepare(pairs)
-        batches = [tuple(t.to(self.device) if t is not None else None for t in b.tensors)
-                   for b in prep.batches]
+        batches = [b.inputs.to(self.device) for b in prep.batches]
         self._sync()
+
+        def run(inputs) -> None:
+            with torch.inference_mode():
+                self._forward(inputs).float().softmax(-1)
+
         started = time.perf_counter()
-        with torch.inference_mode():
-            for tensors in batches:
-                self._forward(*tensors).float().softmax(-1)
+        if self._pool is None:
+            for inputs in batches:
+                run(inputs)
+        else:
+            wait([self._pool.submit(run, inputs) for inputs in batches])
         self._sync()
         return time.perf_counter() - started
 
@@ -212,10 +288,28 @@ class Engine:
         c["tokenizer_fallbacks"] = self.encoder.fallbacks
         c["device"] = self.device
         c["precision"] = self.precision
+        c["batch_layout"] = self.layout
+        c["lanes"] = self.lanes
+        c["lane_threads"] = self.lane_threads
         return c
 
+    @contextlib.contextmanager
+    def inline(self) -> Iterator[None]:
+        """Run the batches on the calling thread, one at a time, with one lane's threads: for a
+        profiler, which follows only the thread that started it."""
+        pool, threads = self._pool, torch.get_num_threads()
+        self._pool = None
+        torch.set_num_threads(self.lane_threads)
+        try:
+            yield
+        finally:
+            self._pool = pool
+            torch.set_num_threads(threads)
+
     def close(self) -> None:
-        """Nothing to release today; kept so callers can treat the engine as a resource."""
+        """Let the lanes' threads go (after the batches they run)."""
+        if self._pool is not None:
+            self._pool.close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -252,26 +346,56 @@ class Engine:
         if todo:
             enc = self.encoder.encode([keys[i] for i in todo])
             c["truncated"] += int(enc.truncated.sum())
-            lengths = enc.lengths
-            for part in plan_batches(lengths.tolist(), self._budget.current,
-                                     multiple=self._multiple):
-                batches.append(self._pad(enc, np.asarray(part, dtype=np.int64)))
+            batches = [self._batch(enc, rows)
+                       for rows in self._plan(enc.lengths, np.arange(len(todo)))]
         c["tokenize_seconds"] += time.perf_counter() - started
         return Prepared(len(pairs), inverse, keys, enc, np.asarray(todo, dtype=np.int64),
                         batches, cached)
 
-    def _pad(self, enc: Encoded, rows: np.ndarray) -> _Batch:
-        width = round_up(int(enc.lengths[rows].max()), self._multiple)
-        ids, types, mask = self.encoder.pad(enc, rows, width)
-        # The attention mask goes in prepared (batch, 1, 1, width), the shape SDPA broadcasts:
-        # given a 2-D mask, transformers checks on the device whether it pads at all, a
-        # device-to-host sync before every batch. Without padding there is no mask at all,
-        # which lets SDPA take its fastest kernel.
-        attention = None if mask.all() else torch.from_numpy(mask.astype(bool)[:, None, None, :])
-        tensors = (torch.from_numpy(ids), torch.from_numpy(types), attention)
+    def _plan(self, lengths: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+        """`rows` cut into batches of at most a token budget each, longest pairs first."""
+        if self._packed is None:
+            return [rows[np.asarray(part, dtype=np.int64)] for part in plan_batches(
+                lengths[rows].tolist(), self._budget.current, multiple=self._multiple)]
+        # Packed: the budget counts real tokens; each batch is sorted for its attention groups.
+        # The call is cut into equal batches, as many as a multiple of the lanes, so that no
+        # lane is left with a larger share of it than another.
+        rows = rows[np.argsort(-lengths[rows], kind="stable")]
+        ends = np.cumsum(lengths[rows])
+        total = int(ends[-1]) if len(ends) else 0
+        budget = self._budget.current
+        count = -(-max(1, -(-total // budget)) // self.lanes) * self.lanes
+        cuts = np.searchsorted(ends, np.arange(1, count) * (total / count), side="right")
+        parts = []
+        for part in np.split(rows, cuts):
+            # A cut may leave a part one pair over the budget: cut that one by the budget.
+            while len(part) > 1 and lengths[part].sum() > budget:
+                keep = max(1, int(np.searchsorted(np.cumsum(lengths[part]), budget, "right")))
+                parts.append(part[:keep])
+                part = part[keep:]
+            if len(part):
+                parts.append(part)
+        return parts
+
+    def _batch(self, enc: Encoded, rows: np.ndarray) -> _Batch:
+        lengths = enc.lengths[rows]
+        if self._packed is not None:
+            inputs: Padded | Packed = Packed.build(*self.encoder.pack(enc, rows), lengths)
+            cost = int(lengths.sum())
+        else:
+            width = round_up(int(lengths.max()), self._multiple)
+            ids, types, mask = self.encoder.pad(enc, rows, width)
+            # The attention mask goes in prepared (batch, 1, 1, width), the shape SDPA
+            # broadcasts: given a 2-D mask, transformers checks on the device whether it pads
+            # at all, a device-to-host sync before every batch. Without padding there is no
+            # mask at all, which lets SDPA take its fastest kernel.
+            attention = None if mask.all() else torch.from_numpy(
+                mask.astype(bool)[:, None, None, :])
+            inputs = Padded(torch.from_numpy(ids), torch.from_numpy(types), attention)
+            cost = len(rows) * width
         if self.device == "cuda":
-            tensors = tuple(t.pin_memory() if t is not None else None for t in tensors)
-        return _Batch(rows, width, tensors)  # type: ignore[arg-type]
+            inputs = inputs.to(self.device, pin=True)
+        return _Batch(rows, cost, inputs)
 
     # ---- the device half ------------------------------------------------------------------
 
@@ -284,8 +408,15 @@ class Engine:
             uniq_trunc[i] = hit.truncated
         if prep.enc is not None:
             done: list[tuple[np.ndarray, torch.Tensor]] = []
-            for batch in prep.batches:
-                self._run(prep.enc, batch, done)
+            if self._pool is None:
+                for batch in prep.batches:
+                    self._run(prep.enc, batch, done)
+            else:
+                futures = [self._pool.submit(self._run, prep.enc, batch, [])
+                           for batch in prep.batches]
+                wait(futures)  # every batch finished before an error is raised
+                for f in futures:
+                    done += f.result()
             if done:
                 rows = np.concatenate([r for r, _ in done])
                 probs = torch.cat([p for _, p in done])
@@ -298,66 +429,75 @@ class Engine:
                         dict(zip(self.labels, uniq_probs[i].tolist())), bool(uniq_trunc[i])))
         return Rows(uniq_probs[prep.inverse].tolist(), uniq_trunc[prep.inverse].tolist())
 
-    def _run(self, enc: Encoded, batch: _Batch, done: list) -> None:
-        """One planned batch; split further when the budget shrank or memory ran out."""
+    def _run(self, enc: Encoded, batch: _Batch, done: list) -> list:
+        """One planned batch; split further when the budget shrank or memory ran out.
+        Appends (rows, probs) of each part to `done`, and returns it."""
         pending = [batch]
         while pending:
             b = pending.pop()
-            lengths = enc.lengths[b.rows]
-            if len(b.rows) * b.width > self._budget.current and len(b.rows) > 1:
-                parts = plan_batches(lengths.tolist(), self._budget.current,
-                                     multiple=self._multiple)
+            if b.cost > self._budget.current and len(b.rows) > 1:
+                parts = self._plan(enc.lengths, b.rows)
                 if len(parts) > 1:
-                    pending.extend(self._pad(enc, b.rows[np.asarray(p, dtype=np.int64)])
-                                   for p in reversed(parts))
+                    pending.extend(self._batch(enc, p) for p in reversed(parts))
                     continue
             started = time.perf_counter()
             try:
-                probs = self._probs(b.tensors)
+                probs = self._probs(b.inputs)
             except OOM:
                 probs = None  # handled outside the except block, so the failed graph is freed
             if probs is None:
-                self._out_of_memory(len(b.rows), len(b.rows) * b.width)
-                pending.append(b)
+                self._out_of_memory(len(b.rows), b.cost)
+                # Retry in parts: by the shrunk budget, or in halves when the batch already
+                # fits it (a few short pairs under the floor of one max-length pair).
+                parts = self._plan(enc.lengths, b.rows)
+                if len(parts) == 1:
+                    parts = np.array_split(b.rows, 2)
+                pending.extend(self._batch(enc, p) for p in reversed(parts))
                 continue
-            self._budget.success()
             done.append((b.rows, probs))
-            self._record(len(b.rows), int(lengths.sum()), len(b.rows) * b.width,
+            self._record(len(b.rows), int(enc.lengths[b.rows].sum()), b.cost,
                          time.perf_counter() - started)
+        return done
 
-    def _probs(self, tensors) -> torch.Tensor:
+    def _probs(self, inputs: Padded | Packed) -> torch.Tensor:
         if self.device != "cpu":
             with record_function("mgeo.to_device"):
-                tensors = tuple(t.to(self.device, non_blocking=True) if t is not None else None
-                                for t in tensors)
+                inputs = inputs.to(self.device)
         with torch.inference_mode():
             # Named ranges for `mgeo bench --profile`; on CUDA, forward launches the kernels.
             with record_function("mgeo.forward"):
-                logits = self._forward(*tensors)
+                logits = self._forward(inputs)
             return logits.float().softmax(-1)
 
-    def _forward(self, input_ids, token_type_ids, attention_mask) -> torch.Tensor:
+    def _forward(self, inputs: Padded | Packed) -> torch.Tensor:
         """The model call; tests wrap it to inject faults."""
-        return self.model(input_ids=input_ids, token_type_ids=token_type_ids,
-                          attention_mask=attention_mask).logits
+        if isinstance(inputs, Packed):
+            assert self._packed is not None
+            return self._packed(inputs)
+        return self.model(input_ids=inputs.ids, token_type_ids=inputs.types,
+                          attention_mask=inputs.mask).logits
 
     def _out_of_memory(self, pairs: int, tokens: int) -> None:
-        self._counts["oom_retries"] += 1
+        with self._count_lock:
+            self._counts["oom_retries"] += 1
         if self.device == "cuda":
             torch.cuda.empty_cache()
         if pairs == 1:
             raise RuntimeError(f"out of {self.device} memory scoring a single pair of {tokens} "
                                "tokens; free memory on the device or lower --max-length")
-        self._budget.shrink(tokens)
+        with self._count_lock:
+            self._budget.shrink(tokens)
         log.warning("out of memory on a batch of %d pairs (%d tokens); token budget now %d, "
                     "retrying the same pairs", pairs, tokens, self._budget.current)
 
     def _record(self, pairs: int, tokens: int, padded: int, seconds: float) -> None:
-        c = self._counts
-        c["batches"] += 1
-        c["scored_pairs"] += pairs
-        c["tokens"] += tokens
-        c["padded_tokens"] += padded
+        with self._count_lock:
+            self._budget.success()
+            c = self._counts
+            c["batches"] += 1
+            c["scored_pairs"] += pairs
+            c["tokens"] += tokens
+            c["padded_tokens"] += padded
         for observer in self._observers:
             observer.model_batch(pairs, tokens, padded, seconds)
 
@@ -368,6 +508,17 @@ class Engine:
         if self.precision == "int8":
             return quantize_int8(model)
         return model.to(device=self.device, dtype=torch_dtype(self.precision))
+
+    def _resolve_layout(self, wanted: str) -> str:
+        """packed where the model supports it and it is known to pay (auto: on a CPU), else
+        padded."""
+        reason = unsupported(self.model)
+        if wanted == "packed" and reason is not None:
+            raise ValueError(f"--batch-layout packed: {reason}; only BERT sequence "
+                             "classifiers run packed, use --batch-layout padded (or auto)")
+        if wanted == "auto":
+            return "packed" if reason is None and self.device == "cpu" else "padded"
+        return wanted
 
     def _startup_budget(self) -> int:
         if self.device != "cuda":
@@ -380,5 +531,5 @@ class Engine:
         mask = torch.ones((rows, 1, 1, width), dtype=torch.bool, device=self.device)
         mask[..., -1] = False
         with torch.inference_mode():
-            self._forward(ids, torch.zeros_like(ids), mask)
+            self._forward(Padded(ids, torch.zeros_like(ids), mask))
         torch.cuda.synchronize()

@@ -238,22 +238,35 @@ class PairEncoder:
         """input_ids, token_type_ids, attention_mask (int64, `len(rows)` x `width`) of the
         pairs `rows` of `enc`, padded on the right as the tokenizer pads."""
         j = np.arange(width, dtype=np.int64)[None, :]
-        t1 = enc.first[rows][:, None]
-        t2 = enc.second[rows][:, None]
+        ids, types, real = self._assemble(enc, rows[:, None], j)
+        return ids, types, real.astype(np.int64)
+
+    def pack(self, enc: Encoded, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """input_ids, token_type_ids and position ids (int64, one dimension) of the pairs `rows`
+        of `enc` laid end to end, without padding: pair k's tokens follow pair k-1's."""
+        lengths = enc.lengths[rows]
+        offsets = np.cumsum(lengths) - lengths
+        row = np.repeat(rows, lengths)
+        j = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(offsets, lengths)
+        ids, types, _ = self._assemble(enc, row, j)
+        return ids, types, j
+
+    def _assemble(self, enc: Encoded, row: np.ndarray, j: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token id, token type and realness of position `j` of pair `row` (broadcast
+        together): `[CLS] a [SEP] b [SEP]`, then padding."""
+        t1 = enc.first[row]
+        t2 = enc.second[row]
         in_a = (j >= 1) & (j <= t1)
         b_from = t1 + 2
         in_b = (j >= b_from) & (j < b_from + t2)
-        src = np.where(in_a, enc.start_a[rows][:, None] + j - 1,
-                       enc.start_b[rows][:, None] + j - b_from)
+        src = np.where(in_a, enc.start_a[row] + j - 1, enc.start_b[row] + j - b_from)
         flat = enc.flat if len(enc.flat) else np.zeros(1, dtype=np.int64)
         ids = np.where(in_a | in_b, flat[np.where(in_a | in_b, src, 0)], self.pad_id)
-        ids[:, 0] = self.cls_id
-        sep1 = j == t1 + 1
-        sep2 = j == b_from + t2
-        ids[sep1 | sep2] = self.sep_id
+        ids[np.broadcast_to(j == 0, ids.shape)] = self.cls_id
+        ids[(j == t1 + 1) | (j == b_from + t2)] = self.sep_id
         types = ((j >= b_from) & (j <= b_from + t2)).astype(np.int64)
-        mask = (j <= b_from + t2).astype(np.int64)
-        return ids, types, mask
+        return ids, types, j <= b_from + t2
 
 
 def _scatter(flat: np.ndarray, at: np.ndarray, sizes: np.ndarray,

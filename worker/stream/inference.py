@@ -1,16 +1,19 @@
 """The inference stage: units in from the Kafka loop, answers out to the delivery strategy.
 
-Three threads, each waiting on a queue (no polling, no timers):
+Threads waiting on queues (no polling, no timers):
 
-    prepare ──▶ score ──▶ publish
-    tokenize    the model   encode results, produce them
+    prepare ──▶ score (one a lane) ──▶ publish
+    tokenize    the model                encode results, produce them
 
 - prepare takes everything queued now (continuous batching: under light load a batch is what
   has arrived, under heavy load it grows to --max-batch-pairs) as soon as the model can take a
-  batch: with a GPU while the previous batch is on the device, on a CPU once the model is free;
-- score runs the model;
+  batch: with a GPU while the previous batch is on the device, on a CPU once a lane is free;
+- score runs the model: one thread a lane of the engine, so on a CPU with two lanes a batch that
+  arrives while another is scored starts at once on the other lane;
 - publish encodes the results and hands each unit to the delivery strategy, which produces its
-  answers at once: an answer never waits for the Kafka loop's next poll.
+  answers at once, in the order the batches finish: an answer never waits for the Kafka loop's
+  next poll, nor for a slower batch taken before it (offsets are committed per partition only
+  up to the first unfinished message, whatever the order).
 
 A unit counts as busy from the moment prepare takes it until its answers are produced; the Kafka
 loop waits for that before it gives up a partition. Units still queued for a partition being
@@ -48,19 +51,21 @@ class InferenceStage:
         self._queued_pairs = 0
         self._busy: Counter[TP] = Counter()   # partitions of units taken, not yet published
         self._closing = False
-        # Batches in preparation, prepared or on the model at once. With a GPU, one is
-        # prepared while another runs, so the device never waits for the CPU; on a CPU the model
-        # and the preparing share the cores, so a batch is taken only when the model is free:
+        # Batches in preparation, prepared or on the model at once: one a lane. With a GPU, one
+        # more is prepared while the device runs, so it never waits for the CPU; on a CPU the
+        # model and the preparing share the cores, so a batch is taken only when a lane is free:
         # it then holds everything that arrived meanwhile (larger batches, and no batch waits
         # behind another that was cut early).
-        self._slots = threading.Semaphore(2 if prefetch else 1)
-        self._prepared: queue.Queue = queue.Queue(maxsize=1)
-        self._scored: queue.Queue = queue.Queue(maxsize=2)
+        self.lanes = scorer.lanes
+        self._slots = threading.Semaphore(self.lanes + (1 if prefetch else 0))
+        self._scoring = self.lanes  # score threads still running
+        self._prepared: queue.Queue = queue.Queue(maxsize=self.lanes)
+        self._scored: queue.Queue = queue.Queue(maxsize=self.lanes + 1)
+        loops = [("prepare", self._prepare_loop)]
+        loops += [(f"score-{n}", self._score_loop) for n in range(self.lanes)]
+        loops += [("publish", self._publish_loop)]
         self._threads = [threading.Thread(target=self._guard, args=(fn,), name=name,
-                                          daemon=True)
-                         for name, fn in (("prepare", self._prepare_loop),
-                                          ("score", self._score_loop),
-                                          ("publish", self._publish_loop))]
+                                          daemon=True) for name, fn in loops]
 
     # -- the Kafka loop's side ---------------------------------------------------------------
 
@@ -140,7 +145,8 @@ class InferenceStage:
             self._slots.acquire()  # released when the model has finished a batch
             units = self._take()
             if units is None:
-                self._prepared.put(_STOP)
+                for _ in range(self.lanes):
+                    self._prepared.put(_STOP)
                 return
             for unit in units:
                 if not all(self.tracker.live(s) for s in unit.segs.values()):
@@ -154,7 +160,11 @@ class InferenceStage:
         while True:
             item = self._prepared.get()
             if item is _STOP:
-                self._scored.put(_STOP)
+                with self.progress:
+                    self._scoring -= 1
+                    last = self._scoring == 0
+                if last:  # publish stops after the last lane's batch
+                    self._scored.put(_STOP)
                 return
             units, job, started = item
             self._moved()

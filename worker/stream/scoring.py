@@ -36,6 +36,7 @@ class EngineLike(Protocol):
     positive: list[str]
     model_name: str
     device: str  # "cpu" or an accelerator's name
+    lanes: int   # batches `forward` may run at once, each called from its own thread
 
     def prepare(self, pairs: Sequence[tuple[str, str]]) -> Any: ...
     def forward(self, prepared: Any) -> RowsLike: ...
@@ -59,6 +60,7 @@ class Scorer:
     def __init__(self, engine: EngineLike):
         self.engine = engine
         self.model_name = engine.model_name
+        self.lanes = engine.lanes
         self.labels = list(engine.labels)
         self._results = wire.ResultEncoder(self.labels, engine.positive, self.model_name)
         self.failed_pairs = 0
