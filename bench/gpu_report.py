@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-STEPS = ("versions", "engine", "host", "e2e", "latency")
+STEPS = ("versions", "engine", "packed", "host", "e2e", "latency")
 
 
 def _load(path: Path) -> dict:
@@ -17,6 +17,13 @@ def _load(path: Path) -> dict:
         return json.loads(path.read_text() or "{}")
     except (OSError, ValueError) as exc:
         return {"error": f"unreadable: {exc}"}
+
+
+def _packed_row(p: dict) -> str:
+    if not p or "error" in p:
+        return f"| engine, --batch-layout packed | failed: {p.get('error', 'not run')} |"
+    return (f"| engine, --batch-layout packed ({p['batch_layout']}, max score diff "
+            f"{p['max_abs_score_diff']:.1e}) | {p['engine_pairs_per_s']:.0f} |")
 
 
 def render(r: dict) -> str:
@@ -37,6 +44,7 @@ def render(r: dict) -> str:
                   f"| engine: token budget {e['token_budget']}, sorted, {e['precision']} "
                   f"| {e['engine_pairs_per_s']:.0f} |",
                   f"| model only (same batches, on the device) | {e['model_only_pairs_per_s']:.0f} |",
+                  _packed_row(r.get("packed", {})),
                   "", f"Speed-up {e['ratio']:.2f}x; engine at {e['engine_vs_model_only']:.0%} of "
                   f"the model-only rate; max score diff {e['max_abs_score_diff']:.1e}; "
                   f"{e['pairs']} pairs, mean {e['token_length']['mean']} tokens.", ""]
