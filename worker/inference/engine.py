@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, wait
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
@@ -44,6 +43,7 @@ from torch.profiler import record_function
 from mgeo.worker.inference.batcher import AdaptiveBudget, plan_batches, round_up
 from mgeo.worker.inference.device import (quantize_int8, resolve_device, resolve_lanes,
                                           resolve_positive, resolve_precision, torch_dtype)
+from mgeo.worker.inference.lanes import Lanes
 from mgeo.worker.inference.memory import OOM, probe_cuda_budget
 from mgeo.worker.inference.packed import Packed, PackedBert, unsupported
 from mgeo.worker.inference.tokenize import Encoded, PairEncoder
@@ -142,38 +142,6 @@ class _LRU:
         return len(self._data)
 
 
-class _Lanes:
-    """Threads that each run one task at a time with `threads` torch threads of their own.
-    Daemons: a worker told to leave now does not wait for a batch in progress."""
-
-    def __init__(self, n: int, threads: int):
-        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._n = n
-        for i in range(n):
-            threading.Thread(target=self._loop, args=(threads,), name=f"mgeo-lane-{i}",
-                             daemon=True).start()
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        self._tasks.put((future, fn, args))
-        return future
-
-    def close(self) -> None:
-        for _ in range(self._n):
-            self._tasks.put(None)
-
-    def _loop(self, threads: int) -> None:
-        torch.get_num_threads()  # torch sets a new thread's count on first use: do it now
-        torch.set_num_threads(threads)
-        while (task := self._tasks.get()) is not None:
-            future, fn, args = task
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as exc:  # noqa: BLE001 - the caller's to handle
-                    future.set_exception(exc)
-
-
 class Engine:
     """Scores address pairs with a sequence-classification model.
 
@@ -212,7 +180,9 @@ class Engine:
         total = threads or torch.get_num_threads()
         self.lanes = resolve_lanes(lanes, self.device, total)
         self.lane_threads = max(1, total // self.lanes)
-        self._pool = _Lanes(self.lanes, self.lane_threads) if self.device == "cpu" else None
+        self._pool = Lanes(self.lanes, self.lane_threads) if self.device == "cpu" else None
+        if self._pool is None and threads:
+            torch.set_num_threads(threads)  # the host-side operators of a GPU process
         # Written by the preparing thread: pairs .. tokenize_seconds; by the device thread:
         # batches .. oom_retries. stats() reads them.
         self._counts = dict.fromkeys(
