@@ -233,21 +233,23 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             (_q("histogram_quantile(0.95, sum by (le) "
                 "(rate(mgeo_batch_pairs_bucket{SEL}[RATE])))"), "p95"),
         )),
-        Panel("Padded tokens per model batch", "timeseries", "short", (
+        Panel("Tokens per model batch", "timeseries", "short", (
             (_q("sum(rate(mgeo_batch_tokens_sum{SEL}[RATE])) "
                 "/ sum(rate(mgeo_batch_tokens_count{SEL}[RATE]))"), "mean"),
             (_q("max(mgeo_token_budget{SEL})"), "token budget"),
-        ), "The budget shrinks after an out-of-memory back-off and grows back."),
+        ), "Padded tokens, or the real ones of packed batches. The budget shrinks after an "
+           "out-of-memory back-off and grows back."),
         Panel("Padding efficiency", "timeseries", "percentunit", (
             (_q("sum(rate(mgeo_tokens_total{SEL}[RATE])) "
                 "/ sum(rate(mgeo_padded_tokens_total{SEL}[RATE]))"), "real / padded tokens"),
-        ), "Share of the model's work spent on real tokens rather than padding."),
+        ), "Share of the model's work spent on real tokens rather than padding (1.0 with packed "
+           "batches, the CPU default, which pad only inside attention)."),
         Panel("Pipeline queues", "timeseries", "short", (
             (_q("sum by (stage) (mgeo_stage_queue{SEL})"), "{{stage}}"),
         ), "Work waiting at each stage (intake: requests; prepared, scored: batches). On a GPU, "
            "under load a full `prepared` queue means the model is the limit and an empty one the "
-           "host. On a CPU a batch is prepared only when the model is free, so there a growing "
-           "`intake` is the sign that the model is the limit."),
+           "host. On a CPU a batch is prepared only when one of the model's lanes is free, so "
+           "there a growing `intake` is the sign that the model is the limit."),
         Panel("Out-of-memory back-offs", "timeseries", "short", (
             (_q("sum by (instance) (increase(mgeo_oom_retries_total{SEL}[RATE]))"),
              "{{instance}}"),

@@ -95,7 +95,7 @@ class Metrics:
         self._lock = threading.Lock()  # model batches come from the engine's thread
         self.batch_pairs = Histogram("mgeo_batch_pairs", "Pairs per model batch", SIZE_BUCKETS)
         self.batch_tokens = Histogram("mgeo_batch_tokens",
-                                      "Padded tokens per model batch (rows x padded width)",
+                                      "Tokens the model computes per batch: rows x padded width, or the real tokens of a packed batch",
                                       TOKEN_BUCKETS)
         self.inference_seconds = Histogram(
             "mgeo_inference_seconds",
@@ -189,7 +189,7 @@ class Metrics:
         es = self.engine_stats()
         if es.get("token_budget") is not None:
             yield _gauge("mgeo_token_budget",
-                         "Current padded-token budget of a model batch (shrinks on OOM)",
+                         "Current token budget of a model batch (padded tokens, or real ones when packed; shrinks on OOM)",
                          es["token_budget"])
         if es.get("cache_hit_rate") is not None:
             yield _gauge("mgeo_cache_hit_ratio",
@@ -203,7 +203,7 @@ class Metrics:
                  None if es.get("cache_hits") is None
                  else es["cache_hits"] + es.get("cache_misses", 0)),
                 ("mgeo_tokens", "Real (unpadded) tokens run through the model", es.get("tokens")),
-                ("mgeo_padded_tokens", "Padded tokens run through the model",
+                ("mgeo_padded_tokens", "Tokens computed by the model, padding included (equal to the real ones when packed)",
                  es.get("padded_tokens")),
                 ("mgeo_tokenize_seconds", "Seconds spent preparing batches (tokenizing, "
                  "padding) on the prepare thread, overlapped with the model",
