@@ -431,4 +431,7 @@ def test_lanes_score_a_job_in_parallel_batches_exactly_as_one_lane(tiny):
     stats = two.stats()
     assert stats["batches"] > 2 and stats["scored_pairs"] == 200 and stats["lanes"] == 2
     _close(b, _reference(tiny, pairs))
+    # close() waits for the lanes to end: a torch thread still ending while the interpreter
+    # exits aborted `mgeo score` ("terminate called without an active exception").
     two.close()
+    assert not any(t.is_alive() for t in two._pool._threads)

@@ -16,19 +16,24 @@ class Lanes:
 
     def __init__(self, n: int, threads: int):
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._n = n
-        for i in range(n):
-            threading.Thread(target=self._loop, args=(threads,), name=f"mgeo-lane-{i}",
-                             daemon=True).start()
+        self._threads = [threading.Thread(target=self._loop, args=(threads,),
+                                          name=f"mgeo-lane-{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
 
     def submit(self, fn, *args) -> Future:
         future: Future = Future()
         self._tasks.put((future, fn, args))
         return future
 
-    def close(self) -> None:
-        for _ in range(self._n):
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the threads once their tasks are done, and wait for them: a thread of torch
+        still ending while the interpreter exits can abort the process ("terminate called
+        without an active exception")."""
+        for _ in self._threads:
             self._tasks.put(None)
+        for t in self._threads:
+            t.join(timeout)
 
     def _loop(self, threads: int) -> None:
         torch.get_num_threads()  # torch sets a new thread's count on first use: do it now
