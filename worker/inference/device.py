@@ -65,10 +65,10 @@ def resolve_lanes(lanes: int | None, device: str, threads: int) -> int:
     a small model or a small batch, and beside a busy broker or Python thread that can take a
     core away mid-operator, much of their time goes there. Independent batches on separate
     threads never wait for each other: on the 2-core CI machine two lanes of one thread scored
-    the bundled model 1.1-1.6x faster than one lane of two, at every batch size. Lanes of more
-    than 4 threads leave the large matrices of a big model (BERT-base) to split within a batch,
-    which they do well, and keep a lone batch's latency low on a many-core host. So auto is at
-    least two lanes (where there are two threads), each of at most 4 threads. A GPU runs one.
+    the bundled model 1.1-1.6x faster than one lane of two, at every batch size. A big model's
+    (BERT-base's) large matrices do split well over a few threads, which keeps a lone batch's
+    latency low on a many-core host, so a lane may have up to 4. So auto is at least two lanes
+    (where there are two threads), each of at most 4 threads. A GPU runs one.
     """
     if device != "cpu":
         if lanes not in (None, 1):
