@@ -76,7 +76,7 @@ def resolve_lanes(lanes: int | None, device: str, threads: int) -> int:
                              "a GPU, run more worker processes (--processes) instead")
         return 1
     if lanes is None:
-        return max(1, min(threads, max(2, -(-threads // 4))))
+        return min(threads, max(2, -(-threads // 4)))
     if lanes > threads:
         raise ValueError(f"--lanes {lanes} is more than the {threads} torch threads; each lane "
                          "needs one: lower --lanes or raise --threads")

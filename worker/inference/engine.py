@@ -45,7 +45,7 @@ from mgeo.worker.inference.device import (quantize_int8, resolve_device, resolve
                                           resolve_positive, resolve_precision, torch_dtype)
 from mgeo.worker.inference.lanes import Lanes
 from mgeo.worker.inference.memory import OOM, probe_cuda_budget
-from mgeo.worker.inference.packed import Packed, PackedBert, unsupported
+from mgeo.worker.inference.packed import Packed, PackedBert, move, unsupported
 from mgeo.worker.inference.tokenize import Encoded, PairEncoder
 
 if TYPE_CHECKING:
@@ -89,11 +89,8 @@ class Padded:
     mask: torch.Tensor | None
 
     def to(self, device: str, pin: bool = False) -> "Padded":
-        def move(t):
-            if t is None:
-                return None
-            return t.pin_memory() if pin else t.to(device, non_blocking=True)
-        return Padded(move(self.ids), move(self.types), move(self.mask))
+        return Padded(*(move(t, device, pin) for t in (  # type: ignore[arg-type]
+            self.ids, self.types, self.mask)))
 
 
 @dataclass(slots=True)
@@ -183,8 +180,8 @@ class Engine:
         self._pool = Lanes(self.lanes, self.lane_threads) if self.device == "cpu" else None
         if self._pool is None and threads:
             torch.set_num_threads(threads)  # the host-side operators of a GPU process
-        # Written by the preparing thread: pairs .. tokenize_seconds; by the device thread:
-        # batches .. oom_retries. stats() reads them.
+        # Written by the preparing thread: pairs .. tokenize_seconds; by the lanes (or the
+        # device thread), under _count_lock: batches .. oom_retries. stats() reads them.
         self._counts = dict.fromkeys(
             ("pairs", "deduplicated", "cache_hits", "cache_misses", "truncated", "batches",
              "scored_pairs", "tokens", "padded_tokens", "oom_retries"), 0)

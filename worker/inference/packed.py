@@ -61,10 +61,18 @@ def plan_groups(lengths: np.ndarray, group_cost: float = GROUP_COST) -> list[tup
     return runs[::-1]
 
 
+def move(t: torch.Tensor | None, device: str, pin: bool = False) -> torch.Tensor | None:
+    """`t` on `device` (asynchronously from pinned memory), or with `pin` in pinned host
+    memory; None stays None."""
+    if t is None:
+        return None
+    return t.pin_memory() if pin else t.to(device, non_blocking=True)
+
+
 @dataclass(slots=True)
 class _Group:
-    """Pairs `[rows)` of a packed batch, whose tokens are `[tokens)` of it, padded together
-    to `width` for attention."""
+    """`pairs` consecutive pairs of a packed batch, whose tokens are `tokens` = [start, end) of
+    it, padded together to `width` for attention."""
 
     tokens: tuple[int, int]
     pairs: int
@@ -107,15 +115,10 @@ class Packed:
 
     def to(self, device: str, pin: bool = False) -> "Packed":
         """The same batch on `device` (or, with `pin`, in pinned host memory)."""
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            return t.pin_memory() if pin else t.to(device, non_blocking=True)
-
-        groups = [_Group(g.tokens, g.pairs, g.width, move(g.slots), move(g.mask))
-                  for g in self.groups]
-        return Packed(move(self.ids), move(self.types), move(self.positions),  # type: ignore
-                      move(self.firsts), groups, self.lengths)  # type: ignore[arg-type]
+        groups = [_Group(g.tokens, g.pairs, g.width, move(g.slots, device, pin),
+                         move(g.mask, device, pin)) for g in self.groups]
+        return Packed(*(move(t, device, pin) for t in (  # type: ignore[arg-type]
+            self.ids, self.types, self.positions, self.firsts)), groups, self.lengths)
 
 
 def unsupported(model: torch.nn.Module) -> str | None:
