@@ -34,6 +34,7 @@ from mgeo.worker.stream.delivery import Answers, AtLeastOnce, Delivery
 from mgeo.worker.stream.events import Control, Observer, Stats
 from mgeo.worker.stream.inference import InferenceStage
 from mgeo.worker.stream.intake import FatalStop, Intake
+from mgeo.worker.stream.liveness import ReadWatch
 from mgeo.worker.stream.offsets import TP, OffsetTracker
 from mgeo.worker.stream.scoring import Scorer
 from mgeo.worker.stream.transactions import ExactlyOnce
@@ -69,6 +70,7 @@ class StreamProcessor:
             max_dead_letter_ratio=settings.max_dead_letter_ratio, error_value=scorer.error,
             tracker=self.tracker, stats=self.stats, ratelog=self._ratelog)
         self.stage: InferenceStage | None = None
+        self.watch = ReadWatch(self.stats, settings.liveness_timeout)
 
     # -- control (see events.Control) -----------------------------------------------------
 
@@ -144,10 +146,14 @@ class StreamProcessor:
             unit = self.intake.take(good) if good else None
             if unit is not None:
                 self.stage.put(unit)
+                now = time.monotonic()
+                for p in unit.segs:
+                    self.watch.read((self.s.input_topic, p), now)
         now = time.monotonic()
         if now - self._last_commit >= self.s.commit_interval:
             self._commit()
         self._backpressure()
+        self.watch.check(self.consumer, self._paused, now)
         self.stats.last_tick = now
         self.stats.last_tick_unix = time.time()
         if self.s.max_messages and self.stats.answered >= self.s.max_messages:
@@ -189,6 +195,7 @@ class StreamProcessor:
         elif self._paused and inflight <= self.s.max_inflight // 2:
             self._paused = False
             self.consumer.resume(self.consumer.assignment())
+            self.watch.start(self.tracker.partitions(), time.monotonic())
             log.info("%d requests in flight: resuming consumption", inflight)
 
     # -- rebalances --------------------------------------------------------------------------
@@ -197,6 +204,7 @@ class StreamProcessor:
         tps = [(p.topic, p.partition) for p in partitions]
         for tp in tps:
             self.tracker.assign(tp)
+        self.watch.start(tps, time.monotonic())
         self.stats.assignments += 1
         self.stats.ready = True  # joined the group (an assignment may be empty)
         self.stats.assigned = sorted(set(self.stats.assigned) | set(tps))
@@ -204,6 +212,7 @@ class StreamProcessor:
         if self._paused and partitions:  # keep new partitions paused with the rest
             consumer.incremental_assign(partitions)
             consumer.pause(partitions)
+        self.control.notify()
 
     def _on_revoke(self, consumer, partitions) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
@@ -235,6 +244,7 @@ class StreamProcessor:
 
     def _release(self, tps: set[TP]) -> int:
         unanswered = sum(self.tracker.release(tp) for tp in tps)
+        self.watch.forget(tps)
         self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
         self.control.notify()
         return unanswered
