@@ -5,9 +5,10 @@ broker as well.
 
 Only what the processor uses is here, with the same call shapes and threading behaviour that
 matter: `poll` blocks until a message arrives or its timeout passes (and says so in
-`waiting`), rebalance callbacks run inside `poll`, delivery reports are served by `poll` on the
-producer, `produce` refuses values over `message.max.bytes` at once, and the transactional
-calls keep what a transaction wrote invisible until it commits.
+`waiting`), rebalance callbacks run inside `poll`, a partition's pause flag outlives its
+assignment, delivery reports are served by `poll` on the producer, `produce` refuses values
+over `message.max.bytes` at once, and the transactional calls keep what a transaction wrote
+invisible until it commits.
 """
 
 from __future__ import annotations
@@ -137,9 +138,8 @@ class MemoryConsumer:
                     self.positions[tp] = self.broker.committed.get(tp, 0)
             self.callbacks[kind](self, parts)
             if kind in ("revoke", "lost"):
-                for tp in tps:
-                    self.positions.pop(tp, None)
-                    self.paused.discard(tp)
+                for tp in tps:  # librdkafka keeps a partition's pause flag across unassign
+                    self.positions.pop(tp, None)  # and assign: so does this stand-in
             done.set()
 
     def _next(self) -> Msg | None:

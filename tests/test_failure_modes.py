@@ -1,7 +1,8 @@
 """Failure modes that used to wedge a worker or break its guarantee, each with a real fault
 against the real broker: a record too large to dead-letter, a second producer taking over the
 transactional id, a second SIGTERM, a session that really expires, a rebalance under load, an
-exactly-once drain longer than one transaction should last."""
+exactly-once drain longer than one transaction should last, a paused worker that loses its
+partitions to a frozen broker and gets them back (issue 18)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from conftest import ASSIGNED, committed_offsets, fresh_topics, read_messages, worker_env
+from conftest import (ASSIGNED, committed_offsets, fresh_topics, http_get, read_messages,
+                      worker_env)
 from engines import RuleEngine
 from kafka_log import read_committed_log
 from mgeo import wire
 from mgeo.producer.collect import Collector
+from mgeo.kafka import create_topics
 from mgeo.settings import WorkerSettings
-from mgeo.tools.broker import free_port
+from mgeo.tools.broker import EmbeddedBroker, free_port
 from mgeo.worker.stream.delivery import STUB, STUB_SHA256, STUB_SIZE
+from mgeo.worker.stream.events import Stats
+from mgeo.worker.stream.health import HealthServer, loop_liveness
+from mgeo.worker.stream.metrics import Metrics
 from mgeo.worker.stream.processor import StreamProcessor
 from mgeo.worker.stream.scoring import Scorer
 
@@ -248,3 +254,58 @@ def test_a_worker_facing_an_unreachable_broker_stays_quiet(tiny_model, start_wor
     said = worker.lines[started - 2:]  # the two start-up lines, and what followed in 30 s
     assert len(said) <= 10, "\n".join(said)
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_paused_worker_that_loses_its_partitions_reads_them_again(delivery):
+    """Issue 18: a worker paused by --max-inflight lost its partitions (the broker froze past
+    the session timeout) and, given them back, never read them again: librdkafka keeps a
+    partition's pause flag across unassign and assign. Every pair must be answered within 60 s
+    of the worker getting its partitions back."""
+    n = 2000
+    with EmbeddedBroker() as broker:  # its own broker: this test freezes it
+        boot = broker.bootstrap
+        create_topics({"bootstrap.servers": boot}, {"in": 2, "out": 2, "dlq": 1})
+        _publish(boot, "in", [f"p{i}" for i in range(n)])
+        engine = RuleEngine()
+        engine.gate.clear()  # the first batch holds: the worker fills up and pauses
+        s = WorkerSettings(bootstrap_servers=boot, input_topic="in", output_topic="out",
+                           dlq_topic="dlq", group_id="g", session_timeout_ms=6000,
+                           commit_interval=0.2, max_inflight=100, consume_batch=50,
+                           delivery=delivery, transactional_id="stuck", liveness_timeout=5,
+                           stats_interval_ms=500)
+        stats = Stats()
+        metrics = Metrics(stats)
+        proc = StreamProcessor(s, Scorer(engine), observer=metrics, stats=stats)
+        server = HealthServer(metrics.registry, 0, live=loop_liveness(stats, 5),
+                              ready=lambda: stats.ready, host="127.0.0.1").start()
+        rc: list = []
+        t = threading.Thread(target=lambda: rc.append(proc.run()), daemon=True)
+        t.start()
+        try:
+            with proc.progress:
+                assert proc.progress.wait_for(lambda: proc._paused, 60), "never paused"
+            broker.pause()  # the fault: frozen until the worker's session has expired
+            try:
+                with proc.progress:
+                    assert proc.progress.wait_for(lambda: stats.losses >= 1, 60), \
+                        "the partitions were never lost"
+            finally:
+                broker.resume()
+            with proc.progress:
+                assert proc.progress.wait_for(
+                    lambda: stats.assignments >= 2 and stats.assigned, 180), "never regained"
+            engine.gate.set()
+            with proc.progress:  # the acceptance bound of issue 18
+                done = proc.progress.wait_for(lambda: stats.answered >= n, 60)
+            assert done, (f"{stats.answered} of {n} answered 60 s after the partitions came "
+                          f"back; /healthz said {http_get(server.port, '/healthz')}")
+            out = _collect(boot, "out", n)
+            assert set(out.results) == {f"p{i}" for i in range(n)}
+        finally:
+            engine.gate.set()
+            proc.stop()
+            t.join(60)
+            server.stop()
+        assert rc == [0]
+        assert sum(committed_offsets(boot, "g", "in", partitions=2).values()) == n

@@ -187,6 +187,8 @@ class StreamProcessor:
         return min(limit, self._deadline) if self._deadline else limit
 
     def _backpressure(self) -> None:
+        """Pause every partition held when too much is in flight; resume every partition held
+        (whatever librdkafka remembers of earlier pauses) once half of it is answered."""
         inflight = self.tracker.inflight
         if not self._paused and inflight >= self.s.max_inflight:
             self._paused = True
@@ -209,9 +211,15 @@ class StreamProcessor:
         self.stats.ready = True  # joined the group (an assignment may be empty)
         self.stats.assigned = sorted(set(self.stats.assigned) | set(tps))
         log.info("assigned %d partitions: %s", len(tps), _names(tps))
-        if self._paused and partitions:  # keep new partitions paused with the rest
+        if partitions:
+            # librdkafka keeps a partition's pause flag across unassign and assign: a partition
+            # paused before it was lost comes back paused. Whether it is read is decided here,
+            # by the loop's own state, on every assignment.
             consumer.incremental_assign(partitions)
-            consumer.pause(partitions)
+            if self._paused or self.control.stopping.is_set():
+                consumer.pause(partitions)
+            else:
+                consumer.resume(partitions)
         self.control.notify()
 
     def _on_revoke(self, consumer, partitions) -> None:
