@@ -34,6 +34,8 @@ from mgeo.worker.stream.scoring import Scorer
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
+ROOT_MODEL = "default"  # worker_env needs a model; the tests that pop it run the default one
+
 
 def _publish(bootstrap: str, topic: str, ids, partition: int | None = None) -> dict[int, int]:
     """Publish requests for `ids`; returns each partition's end offset after them."""
@@ -309,3 +311,45 @@ def test_a_paused_worker_that_loses_its_partitions_reads_them_again(delivery):
             server.stop()
         assert rc == [0]
         assert sum(committed_offsets(boot, "g", "in", partitions=2).values()) == n
+
+
+@pytest.mark.parametrize("how", ["second SIGTERM", "drain past --shutdown-timeout"])
+def test_a_stop_that_cuts_the_drain_short_exits_cleanly(bootstrap, topics, start_worker, how):
+    """Issue 18: both ended in "terminate called without an active exception" (exit -6): the
+    engine was never closed, and its lane threads were inside torch when the interpreter
+    exited. The default model, whose default-size batches take seconds on a CPU. Short batches
+    end within the grace, so the engine is closed and its lanes joined; long ones may outlast
+    it, and the worker then leaves without the interpreter's exit. Either way: exit 0 and a
+    single line about what is left."""
+    n = 12_000
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for i in range(n):  # distinct pairs: each one runs the model
+        p.produce(topics["input"], key=f"p{i}".encode(), value=wire.encode_request(
+            f"p{i}", "广东省深圳市南山区科技南十二路2号", f"深圳市南山区科技南十二路{i}号"))
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    env = worker_env(bootstrap, topics, ROOT_MODEL)
+    env.pop("MGEO_MODEL")  # the default model
+    if how == "second SIGTERM":
+        # Batches far shorter than the grace, one after another: the lanes are in torch
+        # nearly all the time, and the one under way ends before the worker leaves.
+        env.update(MGEO_SHUTDOWN_TIMEOUT="600", MGEO_MAX_BATCH_PAIRS="256",
+                   MGEO_CONSUME_BATCH="256")
+    else:
+        env.update(MGEO_SHUTDOWN_TIMEOUT="2")
+    worker = start_worker(env)
+    _collect(bootstrap, topics["output"], 200)
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for("stopping: finishing", 30)
+    if how == "second SIGTERM":
+        worker.proc.send_signal(signal.SIGTERM)
+    rc = worker.proc.wait(60)
+    worker._reader.join(5)
+    text = "\n".join(worker.lines)
+    assert rc == 0, f"exit {rc}:\n{worker.log()}"
+    assert "terminate called" not in text and "Traceback" not in text, text
+    left = [line for line in worker.lines if "were not answered" in line]
+    assert len(left) == 1, worker.log()
+    if how == "second SIGTERM":  # its short batch ended: the engine was closed, lanes joined
+        assert "leaving while a model batch still runs" not in text, text

@@ -41,6 +41,10 @@ from mgeo.worker.stream.transactions import ExactlyOnce
 
 log = logging.getLogger("mgeo.worker")
 
+# After a stop that leaves work unfinished, the batch on the model may take this long to end
+# (the engine must not be closed while it runs; see worker/app.py).
+BATCH_GRACE = 5.0
+
 
 class StreamProcessor:
     def __init__(self, settings: WorkerSettings, scorer: Scorer, *,
@@ -281,9 +285,12 @@ class StreamProcessor:
                 pass
         if self.stage is not None:
             self.stage.close()
+        drained = False
         if self.failure is None:
             log.info("stopping: finishing %d requests in flight", self.tracker.inflight)
-            self._drain(deadline)
+            drained = self._drain(deadline)
+        if not drained and self.stage is not None:
+            self.stage.abandon()  # the rest is read again by the next owner
         try:
             self._commit()
         except Exception as exc:  # noqa: BLE001 - e.g. fenced at the last commit
@@ -296,27 +303,29 @@ class StreamProcessor:
         self._close_consumer()
         hurry = self.control.hurrying.is_set() or self.failure is not None
         if self.stage is not None:
-            self.stage.join(0.1 if hurry else max(0.1, deadline - time.monotonic()))
+            self.stage.join(BATCH_GRACE)
         if self.delivery is not None:
             self.delivery.close(1.0 if hurry else max(1.0, deadline - time.monotonic()))
         log.info("stopped: %d answered (%d scored, %d error results, %d dead letters)",
                  self.stats.answered, self.stats.scored, self.stats.error_results,
                  self.stats.dead_letters)
 
-    def _drain(self, deadline: float) -> None:
+    def _drain(self, deadline: float) -> bool:
         """Finish what was read, committing every --commit-interval (an exactly-once drain
-        thus never sits in one transaction longer than that)."""
+        thus never sits in one transaction longer than that); whether it all finished."""
+        if self.stage is None or self.delivery is None:
+            return True
         while True:
             step = min(deadline, time.monotonic() + self.s.commit_interval)
             done = self.control.wait(lambda: self.stage.idle() and self.delivery.settled(), step)
             if done or self.control.hurrying.is_set() or self.failure is not None \
                     or time.monotonic() >= deadline:
-                return
+                return done
             try:
                 self._commit()
             except FatalStop as exc:
                 self.fail(exc)
-                return
+                return False
             self.consumer.poll(0)  # serves rebalance callbacks; paused, it returns nothing new
 
     def _close_consumer(self) -> None:
