@@ -98,6 +98,52 @@ def test_an_oversized_garbage_message_becomes_a_stub_and_every_partition_commits
         assert sorted(log_ids) == sorted(ids)
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_request_with_a_key_too_large_to_answer_with_is_substituted_and_committed(
+        bootstrap, tiny_model, start_worker, delivery):
+    """Issue 18: a key that fits the broker but not librdkafka's default message.max.bytes
+    (1,000,000 bytes). Its result, keyed by it, cannot be written; the substitute kept the key,
+    could not be written either, and every worker that read it exited 1, over and over."""
+    t = fresh_topics(bootstrap, partitions=1)
+    ids = [f"p{i}" for i in range(40)]
+    _publish(bootstrap, t["input"], ids[:20])
+    big = b"k" * 1_000_100
+    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2_000_000})
+    p.produce(t["input"], key=big, value=wire.encode_request("big", "甲", "甲"))
+    p.produce(t["input"], key=big, value=b"not json")  # a dead letter keyed by it
+    assert p.flush(60) == 0
+    _publish(bootstrap, t["input"], ids[20:])  # the pairs behind it
+    worker = start_worker(worker_env(bootstrap, t, tiny_model, MGEO_DELIVERY=delivery,
+                                     MGEO_TRANSACTIONAL_ID=t["group"],
+                                     MGEO_COMMIT_INTERVAL="0.5"))
+    out = _collect(bootstrap, t["output"], 41)
+    assert set(out.results) == set(ids) | {"big"}
+    assert out.results["big"]["error"]["code"] == "result_undeliverable"
+    (stub,) = read_committed_log(bootstrap, t["dlq"], 1, timeout=60)
+    assert dict(stub.headers)[STUB] == b"true" and len(stub.key) <= 1024
+    committed = {}
+    for _ in range(60):  # the commit follows the answers within --commit-interval; a broker
+        committed = committed_offsets(bootstrap, t["group"], t["input"], partitions=1)
+        if committed.get(0) == 42:  # query has nothing to wait on but the next query
+            break
+        time.sleep(0.5)
+    assert committed == {0: 42}, worker.log()
+    assert worker.proc.poll() is None, "the worker must keep running:\n" + worker.log()
+    assert worker.stop() == 0, worker.log()
+
+
+def test_delivery_reports_carry_no_headers(bootstrap, topics):
+    """The premise of the worker's own record of substitutes (delivery.Sent) and of the
+    in-memory producer's reports: confluent-kafka gives no headers back in a delivery report,
+    so a check that reads a substitute's marker from it never sees it (issue 18)."""
+    reports = []
+    p = Producer({"bootstrap.servers": bootstrap})
+    p.produce(topics["output"], value=b"v", key=b"k", headers=[("mgeo.substitute", b"true")],
+              on_delivery=lambda err, msg: reports.append((err, msg.headers(), msg.key())))
+    assert p.flush(30) == 0
+    assert reports == [(None, None, b"k")]
+
+
 def test_a_fenced_worker_exits_1_with_one_line(bootstrap, topics, tiny_model, start_worker):
     tid = f"fenced-{uuid.uuid4().hex[:6]}"
     env = worker_env(bootstrap, topics, tiny_model, MGEO_DELIVERY="exactly-once",

@@ -9,7 +9,8 @@ transaction timeout), before it gives partitions up, and at shutdown.
 A transaction that fails is aborted, and every partition is rewound to its committed offset and
 read again. An answer the broker refused for good (too large, invalid) is remembered by its input
 offset, so that when that input comes round again its bounded substitute is sent instead: the
-same failure cannot abort transactions forever. A fatal error (another worker took over the
+same failure cannot abort transactions forever; a substitute refused too stops the worker. A
+fatal error (another worker took over the
 transactional id: fenced) stops the worker; after it, nothing more is committed.
 """
 
@@ -25,7 +26,7 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mgeo.logs import RateLimitedLog
-from mgeo.worker.stream.delivery import Answers, answers_of, is_permanent
+from mgeo.worker.stream.delivery import Answers, answers_of, is_permanent, unwritable
 from mgeo.worker.stream.events import Stats
 from mgeo.worker.stream.intake import FatalStop, Intake, Unit
 from mgeo.worker.stream.offsets import TP, OffsetTracker, Segment
@@ -145,8 +146,12 @@ class ExactlyOnce:
             except KafkaException as exc:
                 if not is_permanent(exc.args[0]):
                     raise
+                if i in unit.replace:  # the substitute itself: nothing smaller is left
+                    raise FatalStop(f"exactly-once: {unwritable(topic, exc.args[0].str())}") \
+                        from None
                 # Refused before it reached the transaction (e.g. over message.max.bytes):
                 # send the substitute instead; the transaction is unharmed.
+                unit.replace[i] = exc.args[0].str()
                 topic, value, key, headers, kind = self._substitute(
                     unit, i, topic, value, key, headers, exc.args[0].str())
         if kind == 0:
@@ -160,17 +165,13 @@ class ExactlyOnce:
         m = unit.msgs[i]
         sub = self.answers.substitute(topic, value, key, headers, reason,
                                       f"{m.topic()}[{m.partition()}]@{m.offset()}")
-        if sub is None:
-            raise FatalStop(f"exactly-once: cannot write even a bounded substitute answer to "
-                            f"{topic}: {reason}; check the topic's settings (max.message.bytes,"
-                            " cleanup.policy) and the worker's write permission")
         self.stats.substituted += 1
         self.ratelog(f"substitute:{topic}", logging.WARNING, "an answer could not be written "
                      "to %s (%s, permanent): sent a bounded substitute instead", topic, reason)
         return (*sub, self.answers.kind(sub[0], sub[1]))
 
     def _delivered(self, unit: Unit, i: int, err: KafkaError | None, msg) -> None:
-        if err is not None:
+        if err is not None:  # (which answer: by unit and index; reports carry no headers)
             self._refused.append((unit, i, err))
 
     # -- the Kafka loop ----------------------------------------------------------------------
@@ -223,7 +224,7 @@ class ExactlyOnce:
         """Abort the open transaction and read again every input it answered."""
         self.ratelog("abort", logging.WARNING, "exactly-once: aborting the transaction (%s); "
                      "rewinding to the committed offsets", reason)
-        self._remember_refusals()
+        unwritten = self._remember_refusals()
         if self._in_txn:
             try:
                 transactional_call(lambda: self.producer.abort_transaction(10),
@@ -240,6 +241,9 @@ class ExactlyOnce:
         self._error = None
         self._segments = []
         self.stats.aborts += 1
+        if unwritten is not None:
+            self.failed = True
+            raise FatalStop(f"exactly-once: {unwritten}")
         for tp in self.tracker.partitions():
             target = self.tracker.rewind(tp)
             if target is None:
@@ -255,13 +259,21 @@ class ExactlyOnce:
         with self.progress:
             self.progress.notify_all()
 
-    def _remember_refusals(self) -> None:
-        """Answers refused for good are replaced by their substitutes when read again."""
+    def _remember_refusals(self) -> str | None:
+        """Answers refused for good are replaced by their substitutes when read again; a
+        refused substitute is the end (the line to stop with, else None)."""
+        unwritten = None
         while self._refused:
             unit, i, err = self._refused.popleft()
-            if is_permanent(err):
-                m = unit.msgs[i]
-                self.intake.replace[(m.partition(), m.offset())] = err.str()
+            if not is_permanent(err):
+                continue
+            if i in unit.replace:
+                topic = unit.answers[i][0] if i in unit.answers else self.answers.output_topic
+                unwritten = unwritten or unwritable(topic, err.str())
+                continue
+            m = unit.msgs[i]
+            self.intake.replace[(m.partition(), m.offset())] = err.str()
+        return unwritten
 
     def lost(self, consumer, tps: set[TP]) -> None:
         """The open transaction answers inputs of lost partitions, whose offsets it can no
