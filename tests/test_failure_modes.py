@@ -165,6 +165,46 @@ def test_a_fenced_worker_exits_1_with_one_line(bootstrap, topics, tiny_model, st
     assert len(failures) == 1 and "fenced" in failures[0], text
 
 
+def test_a_worker_fenced_before_an_abort_stops_in_time_with_the_hint(bootstrap, topics):
+    """Issue 18: fenced, then made to abort, a worker said "cannot abort the transaction
+    (...Timed out...)" without the hint to give each worker its own transactional id, and its
+    fixed 10 s abort call overran a 10 s --shutdown-timeout."""
+    tid = f"fenced-abort-{uuid.uuid4().hex[:6]}"
+    _publish(bootstrap, topics["input"], [f"a{i}" for i in range(20)])
+    s = WorkerSettings(bootstrap_servers=bootstrap, input_topic=topics["input"],
+                       output_topic=topics["output"], dlq_topic=topics["dlq"],
+                       group_id=topics["group"], session_timeout_ms=6000, commit_interval=0.2,
+                       delivery="exactly-once", transactional_id=tid, shutdown_timeout=3)
+    proc = StreamProcessor(s, Scorer(RuleEngine()))
+    rc: list = []
+    t = threading.Thread(target=lambda: rc.append(proc.run()), daemon=True)
+    t.start()
+    with proc.progress:
+        assert proc.progress.wait_for(lambda: proc.delivery is not None, 60)
+    eos = proc.delivery
+    commit = eos.commit
+    fenced = threading.Event()
+
+    def fence_then_abort(consumer, tps=None):
+        with eos.lock:
+            if eos._in_txn and not fenced.is_set():
+                proc.producer.flush(10)
+                thief = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
+                thief.init_transactions(30)  # the real fault: the id is taken over
+                fenced.set()
+                eos._abort(consumer, "injected by the test")  # must not return
+        commit(consumer, tps)
+
+    eos.commit = fence_then_abort
+    with proc.progress:
+        assert proc.progress.wait_for(fenced.is_set, 60), "no transaction was opened"
+    # The whole stop within --shutdown-timeout and a margin (less than the fixed 10 s abort
+    # call of before).
+    t.join(s.shutdown_timeout + 5)
+    assert not t.is_alive() and rc == [1]
+    assert "--transactional-id" in str(proc.failure), proc.failure
+
+
 def test_a_second_sigterm_leaves_at_once_and_the_log_tells_the_truth(
         bootstrap, topics, tiny_model, start_worker):
     n = 8000
@@ -286,6 +326,32 @@ def test_an_exactly_once_drain_commits_in_steps(bootstrap, topics, tiny_model, s
                read_committed_log(bootstrap, topics["output"], 4, timeout=60)]
     assert len(log_ids) == len(set(log_ids))  # each answer at most once
     assert len(read_messages(bootstrap, {topics["dlq"]: 1}, 0)) == 0
+
+
+@pytest.mark.parametrize("signalled", [True, False], ids=["SIGTERM", "no signal"])
+def test_exactly_once_against_an_unreachable_broker_stops_with_one_line(tiny_model, start_worker,
+                                                                       signalled):
+    """Issue 18: it exited 1 after 60 s with "stopped on an unexpected error: _Abort:
+    init_transactions...", and a SIGTERM meanwhile took 31 s. Now: SIGTERM is honoured at once
+    (exit 0: nothing was read); left alone it gives up after --shutdown-timeout with one line
+    that says what to check (exit 1)."""
+    names = {"input": "in", "output": "out", "dlq": "dlq", "group": "g"}
+    worker = start_worker(worker_env(f"127.0.0.1:{free_port()}", names, tiny_model,
+                                     MGEO_DELIVERY="exactly-once", MGEO_TRANSACTIONAL_ID="t",
+                                     MGEO_SHUTDOWN_TIMEOUT="5"))
+    worker.wait_for("init_transactions not done yet", 90)
+    if signalled:
+        worker.proc.send_signal(signal.SIGTERM)
+    rc = worker.proc.wait(5 + 15)  # within --shutdown-timeout and a margin, or this fails
+    worker._reader.join(5)
+    text = "\n".join(worker.lines)
+    assert "Traceback" not in text and "unexpected" not in text and "_Abort" not in text, text
+    errors = [line for line in worker.lines if " ERROR mgeo.worker" in line]
+    if signalled:
+        assert rc == 0 and errors == [], text
+    else:
+        assert rc == 1 and len(errors) == 1, text
+        assert "cannot initialise the transactional id t" in errors[0]
 
 
 def test_a_worker_facing_an_unreachable_broker_stays_quiet(tiny_model, start_worker):

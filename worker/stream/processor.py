@@ -100,8 +100,9 @@ class StreamProcessor:
         """Run until stopped; returns the process exit code (0, or 1 after a failure)."""
         try:
             self._open()
-        except FatalStop as exc:
-            log.error("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - one line and exit 1, never a traceback
+            log.error("%s", exc if isinstance(exc, FatalStop) else
+                      f"cannot start: {_reason(exc)}")
             self._close_consumer()
             return 1
         try:
@@ -131,6 +132,8 @@ class StreamProcessor:
         self.consumer = self.clients.consumer(cconf)
         self.producer = self.clients.producer(pconf)
         self.delivery = _delivery(self, pconf)
+        if self.control.stopping.is_set():  # told to stop while it was being set up
+            return
         self.stage = InferenceStage(self.scorer, self.delivery.publish, tracker=self.tracker,
                                     stats=self.stats, max_pairs=s.max_batch_pairs,
                                     on_failure=self.fail, progress=self.progress,
@@ -349,9 +352,9 @@ def _delivery(proc: StreamProcessor, pconf: dict) -> Delivery:
     eos = ExactlyOnce(proc.producer, tracker=proc.tracker, stats=proc.stats, answers=answers,
                       intake=proc.intake, on_failure=proc.fail, progress=proc.progress,
                       ratelog=proc._ratelog, txn_deadline=proc._txn_deadline,
-                      transactional_id=pconf["transactional.id"])
-    eos.init()
-    log.info("exactly-once: transactional id %s ready", pconf["transactional.id"])
+                      transactional_id=pconf["transactional.id"], stop=proc.control.stopping)
+    if eos.init():
+        log.info("exactly-once: transactional id %s ready", pconf["transactional.id"])
     return eos
 
 

@@ -38,15 +38,17 @@ class _Abort(Exception):
     """The open transaction cannot be committed: abort it and read its inputs again."""
 
 
-def transactional_call(call: Callable[[], object], what: str, *, deadline: float,
+def transactional_call(call: Callable[[float], object], what: str, *, deadline: float,
                        fenced_hint: str, ratelog: RateLimitedLog,
-                       stop: threading.Event | None = None) -> None:
+                       stop: threading.Event | None = None, step: float = 10.0) -> None:
     """Run one transactional API call the way librdkafka's error classes ask: retry a
     retriable error until `deadline`, turn an abortable one into `_Abort`, stop on a fatal one
-    (`FatalStop`)."""
+    (`FatalStop`). `call` takes its timeout: at most `step` seconds (a call blocks the loop,
+    and signals wait for it), never past `deadline`; a call that times out resumes when
+    called again. `stop` set ends the retries."""
     while True:
         try:
-            call()
+            call(max(0.1, min(step, deadline - time.monotonic())))
             return
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
@@ -66,10 +68,12 @@ class ExactlyOnce:
     def __init__(self, producer, *, tracker: OffsetTracker, stats: Stats, answers: Answers,
                  intake: Intake, on_failure: Callable[[BaseException], None],
                  progress: threading.Condition, ratelog: RateLimitedLog,
-                 txn_deadline: Callable[[], float], transactional_id: str):
+                 txn_deadline: Callable[[], float], transactional_id: str,
+                 stop: threading.Event | None = None):
         self.producer, self.tracker, self.stats, self.answers = producer, tracker, stats, answers
         self.intake, self.on_failure, self.progress = intake, on_failure, progress
         self.ratelog, self.txn_deadline = ratelog, txn_deadline
+        self.transactional_id, self.stop = transactional_id, stop
         self.fenced_hint = (f"If it was fenced, another worker uses the same transactional id "
                             f"({transactional_id}): give each worker its own --transactional-id "
                             "(e.g. the pod name)")
@@ -82,12 +86,22 @@ class ExactlyOnce:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="delivery", daemon=True)
 
-    def init(self) -> None:
-        """Initialise the transactional id (fencing any earlier incarnation), then serve."""
-        transactional_call(lambda: self.producer.init_transactions(10), "init_transactions",
-                           deadline=self.txn_deadline(), fenced_hint=self.fenced_hint,
-                           ratelog=self.ratelog)
+    def init(self) -> bool:
+        """Initialise the transactional id (fencing any earlier incarnation), then serve;
+        False when told to stop first. Calls of a second at most, so that a signal (handled
+        between them) is honoured at once."""
+        try:
+            transactional_call(self.producer.init_transactions, "init_transactions",
+                               deadline=self.txn_deadline(), fenced_hint=self.fenced_hint,
+                               ratelog=self.ratelog, stop=self.stop, step=1.0)
+        except _Abort as exc:
+            if self.stop is not None and self.stop.is_set():
+                return False
+            raise FatalStop(f"exactly-once: cannot initialise the transactional id "
+                            f"{self.transactional_id} ({exc}); check that the brokers are "
+                            "reachable and support transactions. A restart tries again") from None
         self._thread.start()
+        return True
 
     def _serve(self) -> None:
         try:
@@ -191,10 +205,10 @@ class ExactlyOnce:
                 positions = {s.tp: s.end for s in self._segments}
                 offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
                 deadline = self.txn_deadline()
-                transactional_call(lambda: self.producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), 10), "send_offsets",
+                transactional_call(lambda timeout: self.producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), timeout), "send_offsets",
                     deadline=deadline, fenced_hint=self.fenced_hint, ratelog=self.ratelog)
-                transactional_call(lambda: self.producer.commit_transaction(10),
+                transactional_call(self.producer.commit_transaction,
                                    "commit_transaction", deadline=deadline,
                                    fenced_hint=self.fenced_hint, ratelog=self.ratelog)
             except _Abort as why:
@@ -227,13 +241,14 @@ class ExactlyOnce:
         unwritten = self._remember_refusals()
         if self._in_txn:
             try:
-                transactional_call(lambda: self.producer.abort_transaction(10),
+                transactional_call(self.producer.abort_transaction,
                                    "abort_transaction", deadline=self.txn_deadline(),
                                    fenced_hint=self.fenced_hint, ratelog=self.ratelog)
             except _Abort as exc:
                 self.failed = True
                 raise FatalStop(f"exactly-once: cannot abort the transaction ({exc}); "
-                                "stopping (nothing of it was committed)") from None
+                                f"stopping (nothing of it was committed). "
+                                f"{self.fenced_hint}") from None
             except FatalStop:
                 self.failed = True
                 raise
