@@ -5,7 +5,10 @@ takes whatever else is already fetched); `Intake` turns the messages into a unit
 `InferenceStage` scores it and hands it to the delivery strategy (`AtLeastOnce` or
 `ExactlyOnce`), which produces its answers at once. The loop itself only commits, every
 --commit-interval, what the strategy says is final. When too many requests are in flight it
-pauses its partitions and keeps polling, so it stays in the group however slow a batch is.
+pauses its partitions and keeps polling, so it stays in the group however slow a batch is; the
+loop owns that state, and every assignment is paused or resumed by it (librdkafka would keep
+an earlier pause of the same partition). `ReadWatch` (liveness.py) notices partitions held and
+not read.
 
 Rebalances: before a partition goes, its queued work is dropped (the new owner reads it again),
 work under way is finished and delivered, and its offsets are committed; then it is released,
@@ -145,6 +148,7 @@ class StreamProcessor:
 
     def _tick(self) -> None:
         first = self.consumer.poll(self.s.poll_timeout)  # returns as soon as a message is there
+        now = time.monotonic()
         if first is not None:
             msgs = [first]
             if self.s.consume_batch > 1:  # and whatever else is already fetched, no waiting
@@ -153,10 +157,8 @@ class StreamProcessor:
             unit = self.intake.take(good) if good else None
             if unit is not None:
                 self.stage.put(unit)
-                now = time.monotonic()
                 for p in unit.segs:
                     self.watch.read((self.s.input_topic, p), now)
-        now = time.monotonic()
         if now - self._last_commit >= self.s.commit_interval:
             self._commit()
         self._backpressure()
