@@ -21,9 +21,9 @@ What it does, on this machine:
    samples the worker's resident memory (VmRSS) every second throughout, and ends the worker
    with SIGTERM.
 
-It checks: every id answered; exit code 0 after SIGTERM; memory flat: the resident memory at the
-end within --max-growth of what it was once a tenth of the answers were in (model loaded,
-buffers warm). It prints the figures (and --json writes them), plots the memory over time with
+It checks: every id answered; exit code 0 after SIGTERM; memory flat: the resident memory once
+every id is answered within --max-growth of what it was once a tenth of the answers were in
+(model loaded, buffers warm). It prints the figures (and --json writes them), plots the memory over time with
 the faults marked (--plot, when matplotlib is installed), and exits 1 when a check fails.
 Timings depend on the machine; on a shared one, note that beside any figure.
 """
@@ -177,10 +177,13 @@ def soak(a: argparse.Namespace) -> dict:
 
 
 def memory(rss: RssSampler, marks: dict[str, float]) -> dict:
-    if not rss.samples:
+    """Resident memory (MiB) at the start, once warm, at its peak and at the end, the end being
+    when every id was answered (before SIGTERM: a stopping worker gives memory back)."""
+    end = marks.get("all", float("inf"))
+    mb = [b / 2**20 for t, b in rss.samples if t <= end]
+    if not mb:
         return {"start": None, "warm": None, "peak": None, "end": None,
                 "growth_after_warmup": None}
-    mb = [b / 2**20 for _, b in rss.samples]
     warm = rss.at(marks.get("warm", 0.0))
     warm_mb = warm / 2**20 if warm else mb[0]
     return {"start": round(mb[0], 1), "warm": round(warm_mb, 1), "peak": round(max(mb), 1),
