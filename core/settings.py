@@ -11,6 +11,7 @@ This module imports no torch: the producer side loads it on hosts without a GPU 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import warnings
@@ -138,6 +139,15 @@ def _properties_help(what: str, field: str) -> str:
             f"{env} holds a JSON object, or KEY=VALUE lines (one property a line; blank lines "
             "and # comments skipped, spaces around key and value dropped: use JSON for a value "
             "that needs them). Secret values are never logged.")
+
+
+def _ip_address(cls, v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError("not an IP address; give one of this host's addresses, e.g. "
+                         "127.0.0.1, or 0.0.0.0 for all of them") from None
+    return v
 
 
 class Base(BaseSettings):
@@ -482,6 +492,16 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         None, ge=0, le=65535,
         description="Serve Prometheus /metrics and /healthz, /readyz on this port (0 picks a "
                     "free one).", json_schema_extra=_meta("PORT"))
+    metrics_host: str = Field(
+        "0.0.0.0",
+        description="Address --metrics-port listens on. The default, every IPv4 interface, is "
+                    "what Kubernetes probes and a Prometheus scraping the pod's IP need. Set "
+                    "127.0.0.1 when only this host may read them (a scraping agent or sidecar "
+                    "beside the worker, a host without a firewall in front); :: listens on "
+                    "every IPv6 interface.", json_schema_extra=_meta("ADDRESS"))
+
+    _host_is_an_address = field_validator("metrics_host")(_ip_address)
+
     liveness_timeout: float = Field(
         60.0, gt=0,
         description="/healthz fails once the Kafka loop has not ticked for this many seconds.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -252,4 +253,45 @@ def test_the_debug_config_dump_masks_every_secret(caplog):
     dump = [r.getMessage() for r in caplog.records if "config" in r.getMessage()]
     assert dump and "sasl.oauthbearer.config" in dump[0]
     assert "hunter2" not in caplog.text and "***" in dump[0]
+
+
+
+# -- /metrics on the address given ---------------------------------------------------------------
+
+
+def test_metrics_host_is_an_option_and_defaults_to_every_interface(monkeypatch):
+    assert parse("worker", []).metrics_host == "0.0.0.0"
+    assert parse("worker", ["--metrics-host", "127.0.0.1"]).metrics_host == "127.0.0.1"
+    monkeypatch.setenv("MGEO_METRICS_HOST", "::1")
+    assert parse("worker", []).metrics_host == "::1"
+
+
+def test_a_bad_metrics_host_is_one_line(capsys):
+    err = _fails(capsys, ["worker", "--metrics-host", "not an address"])
+    assert "--metrics-host (MGEO_METRICS_HOST)" in err
+
+
+def test_worker_processes_serve_their_own_metrics_on_loopback():
+    from mgeo.worker.processes import child_environments
+
+    s = WorkerSettings(metrics_port=9400, metrics_host="10.1.2.3", processes=2)
+    assert {env["MGEO_METRICS_HOST"] for env in child_environments(s, [9001, 9002])} == {
+        "127.0.0.1"}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_worker_serves_metrics_on_the_given_host(host):
+    import mgeo.worker.inference  # noqa: F401 - before torch, as the CLI does
+    from mgeo.worker.app import _start
+
+    s = WorkerSettings(metrics_port=0, metrics_host=host, device="cpu")
+    processor, server = _start(s, {})
+    try:
+        assert server.httpd.server_address[0] == host
+        url_host = f"[{host}]" if ":" in host else host
+        with urllib.request.urlopen(f"http://{url_host}:{server.port}/metrics", timeout=10) as r:
+            assert r.status == 200 and b"mgeo_" in r.read()
+    finally:
+        server.stop()
+        processor.scorer.engine.close()
 
