@@ -11,20 +11,29 @@ This module imports no torch: the producer side loads it on hosts without a GPU 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import warnings
 from pathlib import Path
 from types import UnionType
-from typing import Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import javaproperties
 from pydantic import AliasChoices, Field, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliPositionalArg, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MGEO_"
 
-# librdkafka properties whose values must never reach a log, an error message or a config dump.
-_SECRET_KEY = re.compile(r"(password|secret|token|key\.pem|private|credential|jaas)", re.I)
+# Properties whose values must never reach a log, an error message or a config dump, by the
+# last parts of their names: every librdkafka property that holds a credential (passwords,
+# passphrases, client secrets, private keys, ssl_key, the OAUTHBEARER config string with its
+# tokens and extensions; tests/data/librdkafka-properties.txt lists them all), and those of
+# files written for the Java client (sasl.jaas.config...), which librdkafka refuses but an
+# error or a dump may show on the way.
+_SECRET_SUFFIXES = ("password", "passphrase", "secret", "key.pem", "ssl_key",
+                    "oauthbearer.config", "jaas.config", "keystore.key", "user.info")
 
 
 def _split_commas(cls, v):
@@ -34,28 +43,111 @@ def _split_commas(cls, v):
     return v
 
 
-def redact(config: dict[str, str]) -> dict[str, str]:
-    """A copy of a librdkafka config fit for logs: secret-looking values replaced by `***`."""
-    return {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in config.items()}
+def is_secret(key: str) -> bool:
+    """Whether the value of property `key` is a credential (see `_SECRET_SUFFIXES`)."""
+    k = key.strip().lower()
+    return any(k == s or k.endswith("." + s) for s in _SECRET_SUFFIXES)
+
+
+def redact(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a librdkafka config fit for logs: the values of secret properties are `***`."""
+    return {k: ("***" if is_secret(k) else v) for k, v in config.items()}
+
+
+_EOL = re.compile(r"\r\n|\r|\n")
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    """Read a Java-style `.properties` file (`key=value` lines, `#` comments) into a dict."""
+    """Read a Java `.properties` file, the format of Kafka's client.properties: `=`, `:` or
+    whitespace between key and value, `#` and `!` comments, a backslash at the end of a line
+    continuing it, backslash escapes. javaproperties parses it (the format has corners: a
+    hand-written split at `=` rejected `key: value`). Errors name the file and line only:
+    the values are credentials."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
     except OSError as exc:
-        raise ValueError(f"cannot read Kafka config file {path}: {exc.strerror}; "
-                         "pass a readable file to --kafka-config-file") from None
+        raise ValueError(f"cannot read {path}: {exc.strerror}; give a readable .properties "
+                         "file") from None
     out: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", "!")):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise ValueError(f"{path}:{n}: expected key=value, got {line[:40]!r}")
-        out[key.strip()] = value.strip()
+    line = 1  # where the next entry starts
+    entries = javaproperties.parse(text)
+    while True:
+        try:
+            entry = next(entries, None)
+        except javaproperties.InvalidUEscapeError:
+            raise ValueError(f"{path}:{line}: invalid \\u escape (it takes four hex digits; "
+                             "write \\\\ for a backslash)") from None
+        if entry is None:
+            return out
+        if isinstance(entry, javaproperties.KeyValue):
+            if not entry.key.strip():
+                raise ValueError(f"{path}:{line}: a value without a property name before it")
+            out[entry.key] = entry.value
+        line += len(_EOL.findall(entry.source))
+
+
+def _property(text: str, where: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"{where} is not KEY=VALUE (it has no '=')")
+    if not key.strip():
+        raise ValueError(f"{where} has no property name before its '='")
+    return key.strip(), value
+
+
+def _properties(cls, v: Any) -> Any:
+    """librdkafka properties from a dict, or from the text of the environment variable (a
+    JSON object, or KEY=VALUE lines) or of the flags (a JSON list of KEY=VALUE strings, one a
+    flag: mgeo.tools.cli passes them so). Errors say where, never what: values are secrets."""
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if not text.startswith(("{", "[")):
+        pairs = [_property(ln.strip(), f"line {n}") for n, ln in enumerate(text.splitlines(), 1)
+                 if ln.strip() and not ln.lstrip().startswith("#")]
+        return {k: val.strip() for k, val in pairs}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                         "give a JSON object or KEY=VALUE lines") from None
+    if isinstance(data, list):
+        if not all(isinstance(item, str) for item in data):
+            raise ValueError("a JSON list must hold KEY=VALUE strings")
+        return dict(_property(item, f"value {n}") for n, item in enumerate(data, 1))
+    out = {}
+    for key, value in data.items():
+        if not key.strip():
+            raise ValueError("a property without a name")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise ValueError(f"the value of {key!r} is not text, a number or true/false")
+        out[key] = value
     return out
+
+
+def _properties_help(what: str, field: str) -> str:
+    flag, env = "--" + field.replace("_", "-"), "MGEO_" + field.upper()
+    return (f"{what}. Each {flag} KEY=VALUE is one property, its value taken whole, commas "
+            f"and '=' included (e.g. {flag} debug=cgrp,fetch); repeat the flag for more. "
+            f"{env} holds a JSON object, or KEY=VALUE lines (one property a line; blank lines "
+            "and # comments skipped, spaces around key and value dropped: use JSON for a value "
+            "that needs them). Secret values are never logged.")
+
+
+def _ip_address(cls, v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError("not an IP address; give one of this host's addresses, e.g. "
+                         "127.0.0.1, or 0.0.0.0 for all of them") from None
+    return v
 
 
 class Base(BaseSettings):
@@ -109,18 +201,27 @@ def cli_metavar(field: FieldInfo) -> str | None:
 class KafkaClientSettings(Base):
     """How to reach the brokers: what every Kafka command shares."""
 
+    # A rejected value is never shown back, here or in a ValidationError's text: it may be a
+    # password.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port.",
         json_schema_extra=_meta("HOST:PORT,..."))
-    kafka_config: dict[str, str] = Field(
+    kafka_config: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Extra librdkafka properties for every client, as key=value (repeatable), "
-                    "e.g. --kafka-config security.protocol=SASL_SSL. Secret values are never "
-                    "logged.")
+        description=_properties_help("Extra librdkafka properties for every client (e.g. "
+                                     "security.protocol=SASL_SSL)", "kafka_config"))
     kafka_config_file: Path | None = Field(
         None,
-        description="A .properties file of librdkafka settings (key=value lines) read at start; "
-                    "keeps credentials out of the environment and the command line.")
+        description="A .properties file of librdkafka settings (Kafka's client.properties "
+                    "format: key=value, key: value or key value lines, # comments, a trailing "
+                    "backslash continuing a line, \\\\ for a backslash), read when the "
+                    "clients are made and checked before the command starts; keeps "
+                    "credentials out of the environment and the command line. --kafka-config "
+                    "and the role options override it.")
+
+    _read_kafka_config = field_validator("kafka_config", mode="before")(_properties)
 
     def client_config(self, role: Literal["consumer", "producer", "admin"]) -> dict[str, str]:
         """The librdkafka config of one client: bootstrap, file, shared, then role-specific."""
@@ -131,6 +232,17 @@ class KafkaClientSettings(Base):
         if role in ("consumer", "producer"):
             conf.update(getattr(self, f"{role}_config", None) or {})
         return conf
+
+    def option_of(self, key: str, role: Literal["consumer", "producer", "admin"]) -> str | None:
+        """The field whose value gives property `key` of `client_config(role)` (the last one
+        that sets it); None for a property mgeo sets itself."""
+        if key in (getattr(self, f"{role}_config", None) or {}):
+            return f"{role}_config"
+        if key in self.kafka_config:
+            return "kafka_config"
+        if self.kafka_config_file is not None and key in read_properties(self.kafka_config_file):
+            return "kafka_config_file"
+        return "bootstrap_servers" if key == "bootstrap.servers" else None
 
     def masked(self) -> dict:
         """This settings object as a dict fit for logs: secrets masked."""
@@ -159,13 +271,21 @@ class _DlqTopic(Base):
 
 
 class _ConsumerConfig(Base):
-    consumer_config: dict[str, str] = Field(
-        default_factory=dict, description="Extra librdkafka properties for consumers only.")
+    consumer_config: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description=_properties_help("Extra librdkafka properties for consumers only",
+                                     "consumer_config"))
+
+    _read_consumer_config = field_validator("consumer_config", mode="before")(_properties)
 
 
 class _ProducerConfig(Base):
-    producer_config: dict[str, str] = Field(
-        default_factory=dict, description="Extra librdkafka properties for producers only.")
+    producer_config: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description=_properties_help("Extra librdkafka properties for producers only",
+                                     "producer_config"))
+
+    _read_producer_config = field_validator("producer_config", mode="before")(_properties)
 
 
 class KafkaSettings(_ProducerConfig, _ConsumerConfig, _DlqTopic, _OutputTopic, _InputTopic,
@@ -372,6 +492,16 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         None, ge=0, le=65535,
         description="Serve Prometheus /metrics and /healthz, /readyz on this port (0 picks a "
                     "free one).", json_schema_extra=_meta("PORT"))
+    metrics_host: str = Field(
+        "0.0.0.0",
+        description="Address --metrics-port listens on. The default, every IPv4 interface, is "
+                    "what Kubernetes probes and a Prometheus scraping the pod's IP need. Set "
+                    "127.0.0.1 when only this host may read them (a scraping agent or sidecar "
+                    "beside the worker, a host without a firewall in front); :: listens on "
+                    "every IPv6 interface.", json_schema_extra=_meta("ADDRESS"))
+
+    _host_is_an_address = field_validator("metrics_host")(_ip_address)
+
     liveness_timeout: float = Field(
         60.0, gt=0,
         description="/healthz fails once the Kafka loop has not ticked for this many seconds.",

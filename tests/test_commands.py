@@ -119,7 +119,7 @@ def test_unexpected_errors_are_one_line_too(tmp_path):
     proc = _mgeo("collect", "--kafka-config-file", str(bad), "--bootstrap-servers",
                  _closed_port())
     assert proc.returncode == 2
-    assert "expected key=value" in _one_clear_line(proc, "collect")
+    assert 'property "no"' in _one_clear_line(proc, "collect")  # `key value` is .properties
 
 
 # ---- per-command options and readable help (finding 5) --------------------------------------

@@ -8,15 +8,17 @@ with 2; an unexpected error with 1 (`--log-level debug` adds its traceback).
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import logging
 import re
 import sys
 from argparse import ArgumentParser
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import ValidationError
-from pydantic_settings import CliApp, CliSettingsSource
+from pydantic_settings import CliApp, CliSettingsSource, SettingsError
 
 # name -> (settings class in mgeo.settings, "module:function" that runs it, one-line summary)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -67,15 +69,30 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _option(field: str) -> str:
+    """How a settings field is given: its flag and its environment variable."""
+    return f"--{field.replace('_', '-')} (MGEO_{field.upper()})"
+
+
 def _explain(exc: ValidationError, command: str) -> str:
-    lines = [f"mgeo {command}: invalid settings:"]
+    """One line per mistake, naming the option and its environment variable; never the value
+    given (it may be a password)."""
+    lines = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]) or "?"
-        flag = "--" + name.split(".")[0].replace("_", "-")
-        env = "MGEO_" + name.split(".")[0].upper()
-        lines.append(f"  {flag} ({env}): {err['msg']}")
-    lines.append(f"Run 'mgeo {command} --help' for what each option takes.")
+        msg = err["msg"].removeprefix("Value error, ")
+        where = f"{_option(str(err['loc'][0]))}: " if err["loc"] else ""
+        lines.append(f"mgeo {command}: {where}{msg}")
+    lines[-1] += f" (run 'mgeo {command} --help' for what each option takes)"
     return "\n".join(lines)
+
+
+def _unreadable(exc: SettingsError, command: str) -> str:
+    """One line for a value pydantic-settings could not even decode (its own message may quote
+    the value)."""
+    m = re.search(r'field "(\w+)"|encountered for (\w+)', str(exc))
+    where = _option(m.group(1) or m.group(2)) if m else "an option"
+    return (f"mgeo {command}: {where}: cannot read this value (run 'mgeo {command} --help' for "
+            "what it takes)")
 
 
 _NOISE = re.compile(r"\s*\((default factory: [^)]*|default: None)\)")
@@ -88,6 +105,8 @@ def _argument_adder(cls) -> Any:
     from mgeo.settings import cli_metavar
 
     metavars: dict[str, str] = {}
+    properties = {name for name, field in cls.model_fields.items()
+                  if get_origin(field.annotation) is dict}
     for name, field in cls.model_fields.items():
         mv = cli_metavar(field)
         if mv is None:
@@ -98,6 +117,8 @@ def _argument_adder(cls) -> Any:
 
     def add_argument(parser: ArgumentParser, *names: str, **kwargs: Any) -> Any:
         dest = kwargs.get("dest")
+        if dest in properties and kwargs.get("action") == "append":
+            kwargs["action"] = _EachProperty
         if dest in metavars and "metavar" in kwargs and names and names[0].startswith("-"):
             kwargs["metavar"] = metavars[dest]
         if isinstance(kwargs.get("help"), str):
@@ -109,6 +130,19 @@ def _argument_adder(cls) -> Any:
     return add_argument
 
 
+class _EachProperty(argparse.Action):
+    """--kafka-config and the like: each occurrence is one KEY=VALUE, taken whole.
+    pydantic-settings would split the values at commas (a cipher list, debug=cgrp,fetch, a
+    password); this hands them on as a JSON list of the strings given, which the field's
+    validator reads (mgeo.settings._properties)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest, None)
+        items = json.loads(given) if isinstance(given, str) and given != argparse.SUPPRESS \
+            else []
+        setattr(namespace, self.dest, json.dumps([*items, values]))
+
+
 def parse(command: str, argv: list[str]):
     """Build the settings of `command` from argv and the environment."""
     from mgeo import settings as settings_mod
@@ -117,6 +151,49 @@ def parse(command: str, argv: list[str]):
     source = CliSettingsSource(cls, cli_prog_name=f"mgeo {command}",
                                add_argument_method=_argument_adder(cls))
     return CliApp.run(cls, cli_args=argv, cli_settings_source=source, cli_exit_on_error=True)
+
+
+# How the Kafka commands build their clients' librdkafka configs ("module:function" of the
+# settings; None: the settings' own `client_config(role)`), so that librdkafka can refuse a
+# property before the command starts: the worker would load its model first, then fail.
+_CLIENT_CONFIGS: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "worker": (("consumer", "mgeo.worker.stream.clients:consumer_config"),
+               ("producer", "mgeo.worker.stream.clients:producer_config")),
+    "produce": (("producer", "mgeo.producer.publish:producer_config"),),
+    "collect": (("consumer", None),),
+}
+
+
+def _client_config(settings, role: str, builder: str | None) -> dict[str, Any]:
+    if builder is None:
+        return settings.client_config(role)
+    module, func = builder.split(":")
+    return getattr(importlib.import_module(module), func)(settings)
+
+
+def kafka_refusal(command: str, settings) -> str | None:
+    """One line naming the option and the librdkafka property that librdkafka refuses in the
+    configs `command` builds, or None when it takes them all."""
+    from mgeo.kafka import KafkaConfigError, check_config
+
+    for role, builder in _CLIENT_CONFIGS.get(command, ()):
+        try:  # reads --kafka-config-file
+            conf = _client_config(settings, role, builder)
+        except ValueError as exc:
+            return f"mgeo {command}: {_option('kafka_config_file')}: {exc}"
+        given = [k for k in settings.client_config(role) if k != "bootstrap.servers"]
+        try:
+            check_config(conf, role, suspects=given)
+        except KafkaConfigError as exc:
+            if exc.key is None:
+                return (f"mgeo {command}: librdkafka refuses the {role} settings: {exc.reason}; "
+                        f"check --kafka-config, --{role}-config and --kafka-config-file")
+            field = settings.option_of(exc.key, role)
+            where = _option(field) if field else f"mgeo's own {role} settings"
+            if field == "kafka_config_file":
+                where += f" {settings.kafka_config_file}"
+            return f'mgeo {command}: {where}: librdkafka property "{exc.key}": {exc.reason}'
+    return None
 
 
 def missing_package(exc: ImportError, command: str) -> str | None:
@@ -149,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = parse(command, rest)
     except ValidationError as exc:
         print(_explain(exc, command), file=sys.stderr)
+        return EXIT_USAGE
+    except SettingsError as exc:
+        print(_unreadable(exc, command), file=sys.stderr)
+        return EXIT_USAGE
+    refused = kafka_refusal(command, settings)
+    if refused is not None:
+        print(refused, file=sys.stderr)
         return EXIT_USAGE
     from mgeo.logs import setup_logging
 
