@@ -387,6 +387,7 @@ class PairReader:
                  columns: str | Mapping[str, str] | None = None, id_from_row: bool = False):
         self.name = str(source)
         self.stdin = self.name == "-"
+        self.shown = _shown(self.name)  # for messages
         self.columns = parse_columns(columns)
         self.id_from_row = id_from_row
         self.header: list[str] = []

@@ -236,7 +236,7 @@ def run(s: ProduceSettings) -> int:
         _say(f"... and {len(report.errors) - 5} more like these", 0)
     ids = "; ids are row numbers (row-N: line N)" if s.id_from_row else ""
     _say(f"{report.delivered} delivered, {report.failed} failed, {report.skipped} skipped "
-         f"(topic {s.input_topic}; {reader.name} read as {reader.describe()}{ids})", 0)
+         f"(topic {s.input_topic}; {reader.shown} read as {reader.describe()}{ids})", 0)
     return 0 if report.ok else 1
 
 

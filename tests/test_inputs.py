@@ -19,37 +19,10 @@ import pytest
 
 from conftest import ROOT
 from engines import RuleEngine
+from pairfiles import PAIRS, rows as _rows, table as _table, workbook as _workbook
 from mgeo import wire
 from mgeo.readers import HEADER_NAMES, InputError, PairReader, count_rows
 from mgeo.tools.cli import main
-
-PAIRS = [("紫萱路363号人力社保局", "紫萱路363号市人社局"),
-         ("栖霞区仙林街道文枢东路2号商住楼4楼", "栖霞区文枢东路2号书店"),
-         ("浙江省杭州市西湖区文三路90号", "杭州市文三路90号东部软件园"),
-         ("广东省深圳市南山区科技园南区", "深圳南山科技园")]
-HEADER = ["编号", "地址1", "地址2", "城市"]
-
-
-def _rows(n: int = 4, extra: str = "") -> list[list[str]]:
-    return [[f"{i + 1}", PAIRS[i % 4][0] + extra, PAIRS[i % 4][1], "南京"] for i in range(n)]
-
-
-def _table(path: Path, rows, header=HEADER, encoding="utf-8", delimiter=",") -> Path:
-    with open(path, "w", encoding=encoding, newline="") as fh:
-        csv.writer(fh, delimiter=delimiter).writerows([header, *rows])
-    return path
-
-
-def _workbook(path: Path, rows, header=HEADER) -> Path:
-    import openpyxl
-
-    book = openpyxl.Workbook()
-    sheet = book.active
-    sheet.append(header)
-    for r in rows:
-        sheet.append([int(r[0]), *r[1:]])  # ids as numbers, as a spreadsheet keeps them
-    book.save(path)
-    return path
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -73,12 +73,12 @@ def run(settings: ScoreSettings) -> int:
         finally:
             engine.close()
     seconds = time.perf_counter() - started
-    note = (f"; ids are row numbers (row-N: line N of {reader.name})"
+    note = (f"; ids are row numbers (row-N: line N of {reader.shown})"
             if settings.id_from_row else "")
     failed = f" ({counts['failed']} the model failed on)" if counts["failed"] else ""
     print(f"scored {counts['scored']} pairs, {counts['errors']} error rows{failed}, in "
           f"{seconds:.1f} s ({counts['scored'] / max(seconds, 1e-9):.0f} pairs/s) -> {dst}; "
-          f"{reader.name} read as {reader.describe()}{note}", file=sys.stderr)
+          f"{reader.shown} read as {reader.describe()}{note}", file=sys.stderr)
     return 0
 
 
