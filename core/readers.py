@@ -30,11 +30,11 @@ import datetime as _dt
 import io
 import itertools
 import os
+import re
 import shlex
 import sys
 import tempfile
 import unicodedata
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Mapping
@@ -42,7 +42,6 @@ from typing import IO, Any, Iterable, Iterator, Mapping
 import orjson
 
 ROLES = ("id", "addr1", "addr2")
-REQUIRED = ROLES
 FORMATS = ("csv", "tsv", "jsonl", "xlsx")
 # Extension -> input format.
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
@@ -66,15 +65,20 @@ _GB18030_BOM = b"\x84\x31\x95\x33"
 _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
               (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _ZIP = b"PK\x03\x04"
+# Where str.splitlines would break a line that a newline byte does not end.
+_SEPARATORS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_LONE_CR = re.compile("\r(?!\n)")
 
 
 class InputError(ValueError):
-    """Bad input the user must fix; the message says where and what, and `line` the line of
-    the file it is on, when it is on one."""
+    """Bad input the user must fix; the message says where and what, `line` the line of the
+    file it is on (when it is on one) and `resume` the first line of the first record not
+    read (every record before it was)."""
 
     def __init__(self, message: str, line: int | None = None):
         super().__init__(message)
         self.line = line
+        self.resume = line
 
 
 @dataclass(slots=True)
@@ -127,11 +131,6 @@ def input_format(name: str, fmt: str = "auto") -> str:
                      ".jsonl or .xlsx, or pass --format csv|tsv|jsonl|xlsx")
 
 
-def detect_format(name: str, fmt: str = "auto") -> str:
-    """Alias of `input_format`."""
-    return input_format(name, fmt)
-
-
 def _open_binary(name: str) -> IO[bytes]:
     if name == "-":
         return sys.stdin.buffer
@@ -162,6 +161,7 @@ class Decoder:
         forced = check_encoding(encoding)
         self.forced = None if forced == "auto" else forced
         self.encoding: str | None = self.forced  # chosen so far
+        self._neither = False  # most lines were neither UTF-8 nor GB18030
 
     def lines(self, fh: IO[bytes]) -> Iterator[str]:
         """Decoded lines of `fh`, line endings kept."""
@@ -178,45 +178,39 @@ class Decoder:
             first, self.encoding = first[len(codecs.BOM_UTF8):], "utf-8"
         elif first.startswith(_GB18030_BOM) and self.forced in (None, "gb18030"):
             first, self.encoding = first[len(_GB18030_BOM):], "gb18030"
-        yield from self._narrow_lines(itertools.chain([first], fh) if first else iter(()))
+        yield from self._narrow_lines(first, fh)
 
-    def _narrow_lines(self, raw: Iterator[bytes]) -> Iterator[str]:
-        ahead: deque[bytes] = deque()
-        n = 0
-        while True:
-            b = ahead.popleft() if ahead else next(raw, None)
-            if b is None:
-                return
-            n += 1
-            if b.isascii():  # ASCII reads the same in every encoding taken here
-                yield b.decode("ascii")
-                continue
-            if self.encoding is None:
-                size = 0
-                for more in raw:
-                    ahead.append(more)
-                    size += len(more)
-                    if size >= LOOKAHEAD:
-                        break
-                self.encoding = self._choose([b, *ahead], n)
-            try:
-                yield b.decode(self.encoding)
-            except UnicodeDecodeError as exc:
-                raise InputError(self._bad_line(n, b, exc), n) from None
+    def _narrow_lines(self, first: bytes, fh: IO[bytes]) -> Iterator[str]:
+        """Whole lines decoded a chunk at a time (one C call per chunk, not per line); the
+        first chunk that is not plain ASCII is the look-ahead that picks the encoding. At a
+        bad byte, the lines before it are given, then InputError names its line."""
+        n = 1  # the line number of the chunk's first line
+        for chunk in _whole_lines(first, fh):
+            if chunk.isascii():  # ASCII reads the same in every encoding taken here
+                text = chunk.decode("ascii")
+            else:
+                if self.encoding is None:
+                    self.encoding = self._choose(chunk)
+                try:
+                    text = chunk.decode(self.encoding)
+                except UnicodeDecodeError as exc:
+                    good = chunk[:chunk.rfind(b"\n", 0, exc.start) + 1]
+                    yield from _split(good.decode(self.encoding))
+                    at = n + good.count(b"\n")
+                    raise InputError(self._bad_line(at, chunk, exc.start), at) from None
+            n += chunk.count(b"\n")
+            yield from _split(text)
 
-    def _choose(self, lines: list[bytes], first: int) -> str:
-        """UTF-8 when at least half the non-ASCII lines are UTF-8, else GB18030 likewise."""
-        text = [b for b in lines if not b.isascii()]
+    def _choose(self, chunk: bytes) -> str:
+        """UTF-8 when at least half the chunk's non-ASCII lines are UTF-8, else GB18030 when
+        at least half are GB18030; else UTF-8, and the first line that is not says the file
+        is neither."""
+        text = [b for b in chunk.split(b"\n") if not b.isascii()]
         for codec in ("utf-8", "gb18030"):
             if 2 * sum(_decodes(b, codec) for b in text) >= len(text):
                 return codec
-        for n, b in enumerate(lines, first):
-            if not _decodes(b, "utf-8") and not _decodes(b, "gb18030"):
-                try:
-                    b.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InputError(self._neither(n, b, exc), n) from None
-        return "utf-8"  # not reached: a line that fails both exists when neither has half
+        self._neither = True
+        return "utf-8"
 
     def _wide_lines(self, first: bytes, fh: IO[bytes]) -> Iterator[str]:
         """UTF-16/32 text: the newline is more than one byte, so the stream is decoded whole."""
@@ -231,21 +225,20 @@ class Decoder:
             raise InputError(f"{_shown(self.name)}: line {n + 1}: not valid {codec.upper()} "
                              f"({exc.reason}); {self._fix(codec)}", n + 1) from None
 
-    def _bad_line(self, n: int, b: bytes, exc: UnicodeDecodeError) -> str:
+    def _bad_line(self, n: int, chunk: bytes, at: int) -> str:
         codec = self.encoding or "utf-8"
-        where = f"{_shown(self.name)}: line {n}: byte 0x{b[exc.start]:02x} (byte {exc.start + 1} " \
-                "of the line)"
+        column = at - (chunk.rfind(b"\n", 0, at) + 1)
+        where = f"{_shown(self.name)}: line {n}: byte 0x{chunk[at]:02x} (byte {column + 1} of " \
+                "the line)"
         if self.forced:
             return f"{where} is not valid {codec.upper()} (--encoding {self.forced}); " \
                    f"{self._fix(codec)}"
+        if self._neither:
+            return f"{where} is not UTF-8, and most of the file is neither UTF-8 nor " \
+                   "GB18030/GBK; pass --encoding NAME (e.g. big5), or convert the file with: " \
+                   f"{self._iconv('NAME', '')}"
         return f"{where} is not valid {codec.upper()}, the encoding the rest of the file reads " \
                f"as; {self._fix(codec)}"
-
-    def _neither(self, n: int, b: bytes, exc: UnicodeDecodeError) -> str:
-        return (f"{_shown(self.name)}: line {n}: byte 0x{b[exc.start]:02x} (byte {exc.start + 1} "
-                "of the line) is neither UTF-8 nor GB18030/GBK; if the file is in another "
-                "encoding, pass --encoding NAME (e.g. big5) or convert it with: "
-                f"{self._iconv('NAME', '')}")
 
     def _fix(self, codec: str) -> str:
         return f"drop the bad bytes with: {self._iconv(codec.upper(), ' -c')}, or fix that line"
@@ -257,6 +250,31 @@ class Decoder:
         fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
         return f"iconv -f {codec} -t UTF-8{flags} {shlex.quote(self.name)} > " \
                f"{shlex.quote(str(fixed))}"
+
+
+def _whole_lines(first: bytes, fh: IO[bytes]) -> Iterator[bytes]:
+    """`first`, then `fh`, in chunks of whole lines (up to about `LOOKAHEAD` bytes each; what
+    a pipe has ready, so a stream is not held back to fill one)."""
+    pending = first
+    while True:
+        data = fh.read1(LOOKAHEAD) if hasattr(fh, "read1") else fh.read(LOOKAHEAD)
+        if not data:
+            if pending:
+                yield pending
+            return
+        pending += data
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            yield pending[:cut]
+            pending = pending[cut:]
+
+
+def _split(text: str) -> Iterator[str]:
+    """Lines of `text`, ends kept, broken at newlines only."""
+    if not _SEPARATORS.search(text) and not ("\r" in text and _LONE_CR.search(text)):
+        return iter(text.splitlines(keepends=True))
+    lines = text.split("\n")  # a lone \r or a Unicode line separator inside a field stays
+    return itertools.chain((line + "\n" for line in lines[:-1]), [lines[-1]] if lines[-1] else [])
 
 
 def _decodes(b: bytes, codec: str) -> bool:
@@ -466,6 +484,9 @@ class PairReader:
                 return
             except csv.Error as exc:
                 values = _BadRecord(str(exc))
+            except InputError as exc:
+                exc.resume = start  # the record under way when the line failed
+                raise
             yield start, values
             start = reader.line_num + 1
 
@@ -482,8 +503,17 @@ class PairReader:
             raise InputError(f"{_shown(self.name)}: the workbook has no sheet")
         sheet = book.worksheets[0]
         self.sheet_rows = sheet.max_row
-        return ((n, [_cell(v) for v in values])
-                for n, values in enumerate(sheet.iter_rows(values_only=True), 1))
+        return self._sheet_rows(sheet)
+
+    def _sheet_rows(self, sheet) -> Iterator[tuple[int, list[str]]]:
+        n = 0
+        try:
+            for n, values in enumerate(sheet.iter_rows(values_only=True), 1):
+                yield n, [_cell(v) for v in values]
+        except Exception as exc:  # noqa: BLE001 - a damaged zip or XML, half-way
+            raise InputError(f"{_shown(self.name)}: row {n + 1} of the sheet cannot be read "
+                             f"({type(exc).__name__}: {exc}); save the workbook again",
+                             n + 1) from None
 
     def _table(self, records: Iterator[tuple[int, list[str] | _BadRecord]]) -> Iterator[Row]:
         for line, values in records:
@@ -511,7 +541,7 @@ class PairReader:
             if isinstance(values, _BadRecord):
                 yield Row(line, None, values.problem, "bad_row")
                 continue
-            if not any(v.strip() for v in values):
+            if not "".join(values).strip():
                 continue
             if len(values) != width:
                 # A sheet's row stops at its last cell, and spreadsheets add empty cells.
@@ -565,7 +595,7 @@ class PairReader:
             if self.format == "jsonl":
                 return sum(1 for _ in again)
             return sum(1 for _, values in again._records
-                       if isinstance(values, _BadRecord) or any(v.strip() for v in values))
+                       if isinstance(values, _BadRecord) or "".join(values).strip())
 
     def close(self) -> None:
         while self._closers:

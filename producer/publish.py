@@ -157,7 +157,7 @@ def publish_rows(pub: Publisher, reader: PairReader, start_line: int = 1) -> int
                 pub.send_pair(row.obj, f"line {row.line}")
     except InputError as exc:
         report = pub.flush()
-        line = exc.line if exc.line is not None else last + 1
+        line = exc.resume if exc.resume is not None else last + 1
         raise ReadFailed(f"{exc}; {report.delivered} rows before line {line} were published "
                          f"({report.failed} failed): fix the file and publish the rest with "
                          f"--start-line {line} (start_line={line})", line) from None

@@ -106,6 +106,28 @@ def test_utf8_with_one_bad_line_is_not_read_as_gb18030(tmp_path):
         list(PairReader(path))
 
 
+def test_a_file_in_neither_encoding_says_so_and_reads_when_named(tmp_path):
+    """(Latin-1 text where an accent is followed by a letter reads as GB18030 pairs: such files
+    need --encoding; docs/inputs.md says so.)"""
+    src = _table(tmp_path / "latin1.csv", [["1", "Café 5", "Cafe 5"], ["2", "Bogotá 7", "x"]],
+                 header=["id", "addr1", "addr2"], encoding="latin-1")
+    with pytest.raises(InputError, match=r"line 2: byte 0xe9 .*neither UTF-8 nor GB18030.*"
+                                         r"--encoding NAME.*iconv -f NAME -t UTF-8"):
+        list(PairReader(src))
+    with PairReader(src, encoding="latin-1") as reader:
+        assert [r.obj["addr1"] for r in reader] == ["Café 5", "Bogotá 7"]
+
+
+def test_a_failure_in_a_multi_line_record_resumes_at_the_record(tmp_path):
+    src = tmp_path / "p.csv"
+    src.write_bytes("id,addr1,addr2\n1,甲,乙\n2,\"丙\n丁".encode() + b"\xff" + "\",戊\n".encode())
+    with pytest.raises(InputError) as failed:
+        rows = []
+        for row in PairReader(src):
+            rows.append(row.obj["id"])
+    assert rows == ["1"] and failed.value.line == 4 and failed.value.resume == 3
+
+
 def test_excel_unicode_text_and_forced_encodings(tmp_path):
     """Excel's "Unicode text" export is UTF-16 with a BOM, tab-separated; Big5 needs a name."""
     utf16 = _table(tmp_path / "unicode.txt", _rows(2), encoding="utf-16", delimiter="\t")
@@ -408,3 +430,32 @@ def test_a_workbook_named_csv_says_so(tmp_path):
     jsonl.write_bytes(orjson.dumps({"id": "1", "addr1": "甲", "addr2": "乙"}) + b"\n")
     with pytest.raises(InputError, match="--id-from-row is for tables"):
         PairReader(jsonl, id_from_row=True)
+
+
+def test_the_documented_example_runs(tmp_path):
+    """docs/inputs.md's GBK Excel export, scored by the commands the page shows."""
+    import shlex
+    import shutil
+
+    import openpyxl
+
+    doc = (ROOT / "docs" / "inputs.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- tested: [^>]*test_the_documented_example_runs -->\n```sh\n(.*?)```",
+                      doc, re.S)
+    assert block, "docs/inputs.md lost its tested example"
+    (tmp_path / "tests" / "data").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "excel_export_gbk.csv", tmp_path / "tests" / "data")
+    mgeo = str(Path(sys.executable).parent / "mgeo")
+    for line in block.group(1).splitlines():
+        args = shlex.split(line)
+        assert args[0] == "mgeo", line
+        proc = subprocess.run([mgeo, *args[1:]], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"{line}\n{proc.stderr}"
+        assert "read as CSV, GB18030" in proc.stderr, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "results.csv").open(encoding="utf-8")))
+    assert [r["id"] for r in rows] == [str(i) for i in range(1, 9)]
+    assert json.loads(rows[0]["meta"]) == {"备注": "MGeo示例"}
+    assert rows[0]["label"] == "exact_match" and rows[1]["label"] == "not_match"
+    sheet = openpyxl.load_workbook(tmp_path / "结果.xlsx", read_only=True).worksheets[0]
+    assert len(list(sheet.iter_rows(values_only=True))) == 9
