@@ -378,13 +378,41 @@ class _MaxAddressChars(Base):
         json_schema_extra=_meta("CHARS"))
 
 
-class EngineSettings(_Threads, _Batching, _MaxLength, _Precision, _Device, _ModelPath):
+def _key_values(cls, v):
+    """A NAME=VALUE,... option (a flag, repeated or not, or an environment variable) as a
+    dict."""
+    if isinstance(v, str):
+        out = {}
+        for part in v.split(","):
+            if part.strip():
+                key, sep, value = part.partition("=")
+                if not sep or not key.strip():
+                    raise ValueError(f"expected NAME=VALUE,...; got {part.strip()!r}")
+                out[key.strip()] = value.strip()
+        return out
+    return v
+
+
+class _LabelMap(Base):
+    label_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Names for the model's labels when its config.json does not use MGeo's "
+                    "(exact_match, partial_match, not_match), e.g. --label-map "
+                    "LABEL_0=not_match,LABEL_1=partial_match,LABEL_2=exact_match. A model whose "
+                    "labels are not MGeo's three, after this, is refused at load.",
+        json_schema_extra=_meta("NAME=LABEL,..."))
+
+    _split_label_map = field_validator("label_map", mode="before")(_key_values)
+
+
+class EngineSettings(_Threads, _Batching, _MaxLength, _Precision, _Device, _LabelMap,
+                     _ModelPath):
     """Which model runs where, and how the engine batches it (what `Engine.from_settings`
     reads)."""
 
 
 class ModelSettings(_Threads, _MaxAddressChars, _Batching, _MaxLength, _Precision, _Device,
-                    _ModelPath):
+                    _LabelMap, _ModelPath):
     """The engine's options and the request validation that goes with scoring."""
 
 
@@ -518,14 +546,54 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         return f"{self.group_id}-{self.group_instance_id or socket.gethostname()}"
 
 
-class ProduceSettings(_ProducerConfig, _InputTopic, KafkaClientSettings):
-    """`mgeo produce FILE|-`: publish address pairs from CSV or JSONL."""
+class _PairInput(Base):
+    """How a file of pairs is read (see docs/inputs.md)."""
+
+    format: Literal["auto", "csv", "tsv", "jsonl", "xlsx"] = Field(
+        "auto", description="Input format; auto goes by the file's extension (.csv, .tsv, "
+                            ".jsonl, .xlsx; stdin is sniffed).")
+    encoding: str = Field(
+        "auto", description="Text encoding of the input; auto reads UTF-8 (with or without a "
+                            "BOM) and GB18030/GBK, what Chinese Excel and database exports "
+                            "write. A codec name forces one (big5, utf-16...).",
+        json_schema_extra=_meta("NAME"))
+    columns: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Which columns hold the id and the two addresses, where the header's names "
+                    "are not among those recognised (docs/inputs.md), e.g. --columns "
+                    "id=编号,addr1=原地址,addr2=新地址. Other columns go to meta.",
+        json_schema_extra=_meta("ROLE=COLUMN,..."))
+    id_from_row: bool = Field(
+        False, description="Use row numbers as ids (row-N: line N of the file, row N of the "
+                           "sheet), for a table without an id column.")
+
+    _split_columns = field_validator("columns", mode="before")(_key_values)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        from mgeo.readers import check_encoding
+
+        return check_encoding(v)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_roles(cls, v: dict[str, str]) -> dict[str, str]:
+        from mgeo.readers import parse_columns
+
+        return parse_columns(v)
+
+
+class ProduceSettings(_PairInput, _ProducerConfig, _InputTopic, KafkaClientSettings):
+    """`mgeo produce FILE|-`: publish address pairs from CSV, TSV, JSONL or Excel."""
 
     input: CliPositionalArg[str] = Field(
-        "-", description="CSV (header id,addr1,addr2; other columns go to meta) or JSONL file; "
-                         "- reads stdin.")
-    format: Literal["auto", "csv", "jsonl"] = Field(
-        "auto", description="Input format; auto goes by the file extension (stdin: sniffed).")
+        "-", description="CSV, TSV or Excel .xlsx file (a header naming the id and address "
+                         "columns; other columns go to meta), or JSONL; - reads stdin.")
+    start_line: int = Field(
+        1, ge=1, description="Publish the rows from this line of the input on (the header is "
+                             "still read): to resume from the line a failed or interrupted run "
+                             "names.", json_schema_extra=_meta("LINE"))
     progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
 
 
@@ -533,7 +601,8 @@ class CollectSettings(_ConsumerConfig, _OutputTopic, KafkaClientSettings):
     """`mgeo collect`: read the results topic into a CSV or JSONL file."""
 
     out: Path = Field(Path("results.csv"),
-                      description="Output file; .csv or .jsonl picks the format.")
+                      description="Output file; its extension picks the format: .csv, .tsv, "
+                                  ".jsonl or .xlsx.")
     expect: int | None = Field(
         None, ge=1, description="Stop after this many distinct ids.")
     timeout: float = Field(
@@ -557,23 +626,27 @@ class BrokerSettings(Base):
                       json_schema_extra=_meta("ADDRESS"))
 
 
-class DemoSettings(_Precision, _Device, _ModelPath):
+class DemoSettings(_PairInput, _Precision, _Device, _LabelMap, _ModelPath):
     """`mgeo demo`: broker, topics, worker, producer and collector, end to end, on this machine."""
 
-    out: Path = Field(Path("mgeo-demo-results.csv"), description="Where the results CSV goes.")
+    out: Path = Field(Path("mgeo-demo-results.csv"),
+                      description="Where the results go; .csv, .tsv, .jsonl or .xlsx.")
     input: Path | None = Field(
-        None, description="Pairs to publish (CSV/JSONL). Default: the bundled sample.")
+        None, description="Pairs to publish (CSV, TSV, JSONL or .xlsx). Default: the bundled "
+                          "sample.")
     partitions: int = Field(4, ge=1, description="Partitions of the demo topics.")
     timeout: float = Field(600.0, gt=0, description="Give up after this many seconds.",
                            json_schema_extra=_meta("SECONDS"))
 
 
-class ScoreSettings(ModelSettings):
-    """`mgeo score`: score a CSV/JSONL file offline with the same engine, no Kafka."""
+class ScoreSettings(_PairInput, ModelSettings):
+    """`mgeo score`: score a file of pairs offline with the same engine, no Kafka."""
 
     input: Path = Field(..., validation_alias=AliasChoices("in", "mgeo_in"),
-                        description="CSV (id,addr1,addr2) or JSONL file of pairs.")
-    out: Path = Field(..., description="Output file; .csv or .jsonl picks the format.")
+                        description="CSV, TSV or Excel .xlsx file of pairs (a header naming the "
+                                    "id and address columns), or JSONL; - reads stdin.")
+    out: Path = Field(..., description="Output file; its extension picks the format: .csv, "
+                                       ".tsv, .jsonl or .xlsx.")
     progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
     chunk_pairs: int = Field(
         4096, ge=1,

@@ -105,7 +105,8 @@ def test_unknown_command():
 
 def test_producer_side_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-            "import mgeo.tools.cli, mgeo.wire, mgeo.settings, mgeo.files, mgeo.kafka\n"
+            "import mgeo.tools.cli, mgeo.wire, mgeo.settings, mgeo.kafka\n"
+            "import mgeo.readers, mgeo.writers\n"
             "import mgeo.producer.publish, mgeo.producer.collect\n"
             "sys.argv = ['mgeo', 'produce', '--help']; mgeo.tools.cli.main()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

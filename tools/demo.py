@@ -20,10 +20,11 @@ from tqdm import tqdm
 
 from mgeo.kafka import create_topics
 from mgeo.tools.broker import BrokerError, EmbeddedBroker
-from mgeo.files import InputError, read_rows, write_results
+from mgeo.readers import InputError, PairReader
 from mgeo.settings import DemoSettings
 from mgeo.producer.collect import Collector
 from mgeo.producer.publish import Publisher
+from mgeo.writers import check_output, write_results
 
 TOPICS = {"input": "address-pairs", "output": "address-scores", "dlq": "address-pairs.dlq"}
 
@@ -62,7 +63,9 @@ def _stop(proc: subprocess.Popen | None) -> None:
 def run(s: DemoSettings) -> int:
     source = s.input or sample_path()
     try:
-        rows = list(read_rows(source))
+        with PairReader(source, s.format, s.encoding, s.columns, s.id_from_row) as reader:
+            rows = list(reader)
+        check_output(s.out, refuse=[source])
     except InputError as exc:
         print(f"mgeo demo: {exc}", file=sys.stderr)
         return 2
@@ -89,6 +92,8 @@ def run(s: DemoSettings) -> int:
                 "MGEO_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
             if s.model is not None:
                 env["MGEO_MODEL"] = str(s.model)
+            if s.label_map:
+                env["MGEO_LABEL_MAP"] = ",".join(f"{k}={v}" for k, v in s.label_map.items())
             _say(f"[2/5] starting a worker (log: {worker_log})")
             with open(worker_log, "wb") as logf:
                 worker = subprocess.Popen([sys.executable, "-m", "mgeo.tools.cli", "worker"],
