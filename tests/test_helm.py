@@ -1003,16 +1003,63 @@ def test_processes_in_a_statefulset_keep_their_ids(chart):
 
 # ---- alerts and dashboard -----------------------------------------------------------------------
 
+def _monitoring():
+    from test_monitoring import monitoring
+
+    return monitoring
+
+
 def test_prometheus_rule_is_the_unit_tested_rule_file(chart):
+    """The rules deploy/monitoring.py builds (and deploy/alerts.test.yml unit-tests), wired to
+    this release: its metrics Service's job in its namespace, its group's lag on its topic."""
+    monitoring = _monitoring()
     docs = render(chart, SCENARIOS["everything"])
     rule = one(docs, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "prom"
+    service = next(s["metadata"]["name"] for s in of_kind(docs, "Service")
+                   if s["metadata"]["name"].endswith("-metrics"))
+    wiring = monitoring.Wiring(
+        workers=f'namespace="{NAMESPACE}", job="{service}"',
+        input_lag='sum(kafka_consumergroup_lag_sum{consumergroup="mgeo-workers", '
+                  'topic="address-pairs"})',
+        lag_floor="0", runbooks="docs/operations.md")
+    assert rule["spec"] == monitoring.rule_file(wiring)
     tested = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text(encoding="utf-8"))
-    assert rule["spec"] == tested
+    assert [len(g["rules"]) for g in rule["spec"]["groups"]] == [
+        len(g["rules"]) for g in tested["groups"]]
     # Prometheus' own templates reach the rule as written, not expanded by Helm.
     annotations = [r["annotations"]["summary"] for g in rule["spec"]["groups"]
                    for r in g["rules"]]
     assert any("{{ $labels." in a for a in annotations)
+
+
+def test_fleet_alerts_follow_the_values(chart):
+    """Which targets are this release's workers, where the lag comes from and at what lag no
+    worker need run: from the values, with no placeholder left anywhere."""
+    monitoring = _monitoring()
+    values = {
+        "kafka": {"groupId": "geo-scoring", "inputTopic": "pairs.v2"},
+        "autoscaling": {"minReplicas": 0, "keda": {"activationLagThreshold": 50}},
+        "metrics": {"prometheusRule": {
+            "enabled": True, "workerJob": "kubernetes-pods",
+            "runbookUrl": "https://git.example/mgeo-stream/blob/v0.1.0/docs/operations.md",
+            "lag": {"metric": "kafka_consumer_lag_sum", "groupLabel": "group",
+                    "topicLabel": "topic_name"}}}}
+    spec = one(render(chart, values), "PrometheusRule")["spec"]
+    assert "__MGEO_" not in json.dumps(spec)
+    assert spec == monitoring.rule_file(monitoring.Wiring(
+        workers=f'namespace="{NAMESPACE}", job="kubernetes-pods"',
+        input_lag='sum(kafka_consumer_lag_sum{group="geo-scoring", topic_name="pairs.v2"})',
+        lag_floor="50",
+        runbooks="https://git.example/mgeo-stream/blob/v0.1.0/docs/operations.md"))
+
+    keda_lag = 'sum(keda_scaler_metrics_value{namespace="scoring", scaledObject="scorer"})'
+    values = {"autoscaling": {"mode": "hpa", "keda": {"activationLagThreshold": 50}},
+              "metrics": {"prometheusRule": {"enabled": True, "lag": {"query": keda_lag}}}}
+    (absent,) = [r for g in one(render(chart, values), "PrometheusRule")["spec"]["groups"]
+                 for r in g["rules"] if r["alert"] == "MgeoWorkersAbsent"]
+    # The HPA never scales to zero, so any lag with no worker up is an outage.
+    assert absent["expr"].startswith(f"({keda_lag}) > 0 unless on() ")
 
 
 def test_dashboard_configmap_holds_the_generated_dashboard(chart):

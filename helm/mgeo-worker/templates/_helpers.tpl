@@ -84,6 +84,11 @@ its transactional id, across restarts), else a Deployment.
 {{- end }}
 {{- end }}
 
+{{/* The `job` label of the workers' scrape targets: set, or the metrics Service's name (what a ServiceMonitor gives). */}}
+{{- define "mgeo-worker.metricsJob" -}}
+{{- .Values.metrics.prometheusRule.workerJob | default (printf "%s-metrics" (include "mgeo-worker.fullname" .)) }}
+{{- end }}
+
 {{- define "mgeo-worker.headlessServiceName" -}}
 {{- printf "%s-pods" (include "mgeo-worker.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
