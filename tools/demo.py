@@ -148,9 +148,13 @@ def model_record(model_dir: Path | None) -> dict | None:
         model_dir = Path(str(importlib.resources.files("mgeo.worker.inference")
                              / "default_model"))
     try:
-        return json.loads((Path(model_dir) / "training_metrics.json").read_text("utf-8"))
+        record = json.loads((Path(model_dir) / "training_metrics.json").read_text("utf-8"))
     except (OSError, ValueError):
         return None
+    from mgeo.training.card import measured_elsewhere
+
+    record["elsewhere"] = measured_elsewhere(Path(model_dir))
+    return record
 
 
 def _scores_lines(record: dict | None) -> list[str]:
@@ -170,9 +174,16 @@ def _scores_lines(record: dict | None) -> list[str]:
                         if k in d["per_label"])
         lines.append(f"                   hand-written realistic pairs ({dev['path']}): macro-F1 "
                      f"{d['macro_f1']:.3f} ({d['n']} pairs; F1 {per})")
+    for e in record.get("elsewhere", ()):
+        f1 = ", ".join(f"{k.split('_')[0]} {e['f1'][k]:.2f}" for k in e["f1"])
+        lines.append(f"                   real labelled pairs ({e['short']}, measured by "
+                     f"{e['by']}): macro-F1 {e['macro_f1']:.2f} ({e['n']:,} pairs; F1 {f1}): "
+                     f"{e['finding']}")
     if synthetic:
-        lines.append("                   trained on synthetic pairs only (`mgeo synth`); not "
-                     "measured on real traffic, expect less there")
+        lines.append("                   trained on synthetic pairs only (`mgeo synth`); "
+                     + ("for real traffic convert MGeo (`mgeo convert`) or fine-tune on your "
+                        "labelled pairs (`mgeo train`)" if record.get("elsewhere") else
+                        "not measured on real traffic, expect less there"))
     return lines
 
 
