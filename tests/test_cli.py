@@ -118,8 +118,8 @@ def test_producer_side_imports_without_torch():
 
 # What no option's help may say: the names of the test machinery and benchmark figures belong in
 # docs/, not in the reference of an option.
-INTERNAL = re.compile(r"Tansu|\bCI\b|\d-core|\d+ cores\b|\b\d+(\.\d+)?(-\d+(\.\d+)?)?x\b"
-                      r"|faster|slower", re.IGNORECASE)
+INTERNAL = re.compile(r"Tansu|\bCI\b|\d-core|\bon \d+ cores|faster|slower|pairs/s|speed-?up"
+                      r"|\d(\.\d+)?x (fp|bf|int)\d", re.IGNORECASE)
 
 
 def _help(command: str, capsys) -> str:
