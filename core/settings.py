@@ -316,7 +316,7 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         path = self.current_state.get("config")
         if not path:
             return {}
-        data = read_config_file(self.settings_cls, Path(path))
+        data = read_config_file(self.settings_cls, Path(path).expanduser())
         return InitSettingsSource(self.settings_cls, data)()
 
 

@@ -166,3 +166,18 @@ def test_arguments_come_from_the_file_and_the_variables_too(tmp_path, monkeypatc
     monkeypatch.delenv("MGEO_DST")
     err = _fails(capsys, ["convert", "--config", str(cfg)])
     assert "DST (MGEO_DST) is required" in err, err
+
+
+def test_yaml_without_pyyaml_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as on a host without PyYAML
+    cfg = _file(tmp_path, "group_id: g\n", "mgeo.yml")
+    err = _fails(capsys, ["worker", "--config", str(cfg)])
+    assert str(cfg) in err and "pip install pyyaml" in err, err
+
+
+def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _file(tmp_path, 'group_id = "from-home"\n')
+    assert parse("worker", ["--config", "~/mgeo.toml"]).group_id == "from-home"
