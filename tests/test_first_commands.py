@@ -129,7 +129,7 @@ def test_without_promtool_it_installs_debians_prometheus_then_runs_the_suite(san
     assert calls[-4:] == [
         "python3 -m venv .venv",
         f"pip install -q torch==2.13.0 --no-deps --extra-index-url {CPU_INDEX}",
-        "pip install -q -e .[all]",
+        "pip install -q -e .[all] -c deploy/requirements/worker.txt",
         "python -m pytest -q"]
     assert "installing promtool and prometheus" in done.stderr
 
