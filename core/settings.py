@@ -460,6 +460,11 @@ class BenchSettings(EngineSettings):
 
     pairs: int = Field(2000, ge=32, description="Pairs to score in each configuration.")
     seed: int = Field(0, description="Seed of the synthetic pairs and random model.")
+    pairs_from: Literal["traffic", "synth"] = Field(
+        "traffic",
+        description="Where the pairs come from: traffic, unlabelled pairs with real traffic's "
+                    "lengths that every install ships (mgeo.traffic); synth, the labelled "
+                    "training generator (needs the training extra).")
     json: bool = Field(False, description="Print one JSON object instead of a table.")
     plot: Path | None = Field(
         Path("bench.png"), description="Where the PNG plot goes (empty to skip).")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mgeo import traffic
 from mgeo.plots import machine_name, pyplot, save
 from mgeo.settings import BenchSettings
 from mgeo.tools.models import bert_base
@@ -28,12 +28,6 @@ from mgeo.worker.inference.model import load_model
 
 log = logging.getLogger(__name__)
 
-# Tokenized pair length of real traffic, CLS/SEP included (CCKS 2021; GUIDE section 2).
-_REAL_LENGTH_QUANTILES = [(0.0, 12), (0.01, 17), (0.1, 24), (0.5, 35), (0.9, 52), (0.95, 57),
-                          (0.99, 67), (0.999, 80), (1.0, 98)]
-_CHARS = ("北京上海广州深圳杭州南京成都武汉西安市区县镇乡街道路巷弄号楼栋单元室层座大厦广场"
-          "花园小区公寓中心医院学校银行超市酒店村组东西南北中山人民解放建设新华和平幸福"
-          "0123456789")
 _WARMUP = 64
 
 
@@ -85,7 +79,7 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
     # engine's lanes set their own share in their own threads.
     threads = s.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    rows, source = make_pairs(s.pairs + _WARMUP, s.seed)
+    rows, source = make_pairs(s.pairs + _WARMUP, s.seed, s.pairs_from)
     warm = [(r["addr1"], r["addr2"]) for r in rows[:_WARMUP]]
     pairs = [(r["addr1"], r["addr2"]) for r in rows[_WARMUP:]]
     model_dir, model_desc = _model(s)
@@ -201,28 +195,20 @@ class Reference:
         return sum(lengths) / padded
 
 
-def make_pairs(n: int, seed: int) -> tuple[list[dict], str]:
-    """Pairs with real traffic's length distribution, from mgeo.training.synth when it is installed."""
-    try:
-        from mgeo.training.synth import generate_pairs
-    except ImportError:
-        return _builtin_pairs(n, seed), "bench built-in generator (lengths drawn to match " \
-                                        "GUIDE section 2 quantiles)"
-    return generate_pairs(n, seed), f"mgeo.training.synth.generate_pairs(seed={seed})"
+def make_pairs(n: int, seed: int, source: str = "traffic") -> tuple[list[dict], str]:
+    """`n` pairs with real traffic's lengths and where they came from: `mgeo.traffic`, which
+    every install ships, or (source "synth") the labelled training generator, which needs the
+    `training` extra."""
+    if source == "synth":
+        try:
+            from mgeo.training.synth import generate_pairs
 
-
-def _builtin_pairs(n: int, seed: int) -> list[dict]:
-    """Random Chinese address-like strings whose pair length follows real traffic."""
-    rng = random.Random(seed)
-    qs, ls = zip(*_REAL_LENGTH_QUANTILES)
-    rows = []
-    for i in range(n):
-        total = round(float(np.interp(rng.random(), qs, ls))) - 3  # minus CLS and two SEPs
-        first = max(1, min(total - 1, round(total * rng.uniform(0.35, 0.65))))
-        rows.append({"id": str(i), "label": "not_match",
-                     "addr1": "".join(rng.choice(_CHARS) for _ in range(first)),
-                     "addr2": "".join(rng.choice(_CHARS) for _ in range(total - first))})
-    return rows
+            return generate_pairs(n, seed), f"mgeo.training.synth.generate_pairs(seed={seed})"
+        except ImportError as exc:  # the module, or the data package it loads when called
+            raise ValueError(f"--pairs-from synth needs the training generator ({exc.name} is "
+                             "not installed): pip install 'mgeo-stream[training]', or leave "
+                             "--pairs-from at traffic") from None
+    return traffic.pairs(n, seed), f"{traffic.DESCRIPTION}, seed {seed}"
 
 
 def _model(s) -> tuple[Path, str]:
