@@ -503,6 +503,18 @@ class BenchSettings(EngineSettings):
     max_batch_pairs: int = Field(
         4096, ge=1, json_schema_extra=_meta("N"),
         description="--host-path: pairs per engine call, as the worker hands them over.")
+    memory_pressure: bool = Field(
+        False,
+        description="Instead, drill the adaptive token budget on real GPU memory: start from an "
+                    "oversized budget (--token-budget, default 4x the start-up one) with the "
+                    "GPU nearly full, so that batches run out of memory; every pair must still "
+                    "be scored as without pressure, the budget must shrink, then regrow once "
+                    "the memory is back.")
+    simulate_gpu: bool = Field(
+        False,
+        description="Run on a GPU simulated on the CPU (CUDA's rules, fp16, a 4 GiB memory "
+                    "with the caching allocator's bookkeeping) instead of --device: what "
+                    "bench/gpu-run --cpu uses to rehearse the GPU steps. Slow: fp16 on a CPU.")
 
     _split_processes = field_validator("processes_list", mode="before")(_split_commas)
 

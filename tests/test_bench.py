@@ -81,3 +81,40 @@ def test_bench_profile_writes_a_trace_and_says_what_limits_the_run(tiny, tmp_pat
     assert [op["seconds"] for op in ops] == sorted((op["seconds"] for op in ops), reverse=True)
     assert 0 < sum(op["share"] for op in ops) <= 1.0001
     assert p["limit"].startswith("CPU compute") and ops[0]["op"] in p["limit"]
+
+
+def test_bench_on_a_gpu_reports_fp16_against_fp32_and_peak_memory(tiny, capsys):
+    """On a GPU (simulated here: the engine takes every GPU branch) the reference runs in
+    fp16 as scripts do, and the same pairs also go through the model in fp32."""
+    report = _bench(tiny, capsys, "--simulate-gpu", "--plot", "")
+    assert (report["device"], report["precision"], report["reference_precision"]) == (
+        "cuda", "fp16", "fp16")
+    v = report["vs_fp32"]
+    assert 0 < v["max_abs_score_diff"] < 1e-2 and 0.9 <= v["label_agreement"] <= 1
+    assert v["label_disagreements"] == round((1 - v["label_agreement"]) * report["pairs"])
+    assert report["peak_memory_bytes"] > 0
+    assert report["batch_layout"] == "padded" and report["lanes"] == 1
+
+
+def test_bench_in_fp32_has_nothing_to_compare_with_fp32(tiny, capsys):
+    report = _bench(tiny, capsys, "--plot", "")
+    assert "vs_fp32" not in report and report["peak_memory_bytes"] is None
+
+
+def test_memory_pressure_drill_shrinks_retries_and_regrows(tiny, capsys):
+    code = main(["bench", "--memory-pressure", "--simulate-gpu", "--precision", "fp32",
+                 "--model", str(tiny), "--pairs", "64", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] and report["simulated"]
+    pressed = report["pressed"]
+    assert pressed["oom_retries"] >= 1 and pressed["complete"]
+    assert pressed["label_agreement"] == 1.0
+    assert report["oversized_budget"] == 4 * report["start_budget"]
+    assert report["budget_min"] < report["start_budget"] and report["regrew"]
+    assert all(p["complete"] for p in report["regrow"])
+
+
+def test_memory_pressure_needs_a_gpu(tiny, capsys):
+    assert main(["bench", "--memory-pressure", "--device", "cpu", "--model", str(tiny),
+                 "--pairs", "64"]) == 2
+    assert "--simulate-gpu" in capsys.readouterr().err

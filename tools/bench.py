@@ -21,6 +21,7 @@ from mgeo import traffic
 from mgeo.plots import machine_name, pyplot, save
 from mgeo.settings import BenchSettings
 from mgeo.tools.models import bert_base
+from mgeo.worker.inference.accelerator import Accelerator, Simulated, SimulatedGpu
 from mgeo.worker.inference.batcher import padded_tokens
 from mgeo.worker.inference.device import resolve_device, resolve_precision, torch_dtype
 from mgeo.worker.inference.engine import Engine
@@ -29,10 +30,12 @@ from mgeo.worker.inference.model import load_model
 log = logging.getLogger(__name__)
 
 _WARMUP = 64
+SIMULATED_GPU_BYTES = 4 * 2**30
 
 
 def run(settings: BenchSettings) -> int:
-    """`mgeo bench`: the engine against the reference loop, or --host-path, or --latency."""
+    """`mgeo bench`: the engine against the reference loop, or --host-path, --latency or
+    --memory-pressure."""
     plot = settings.plot if settings.plot is not None and str(settings.plot) not in ("", ".") \
         else None
     try:
@@ -46,6 +49,11 @@ def run(settings: BenchSettings) -> int:
 
             report = run_latency(settings)
             show, draw = print_latency, plot_latency
+        elif settings.memory_pressure:
+            from mgeo.tools.pressure import print_pressure, run_pressure
+
+            report = run_pressure(settings)
+            show, draw = print_pressure, lambda r, p: None
         else:
             report, timings = bench(settings)
             show, draw = _print_table, lambda r, p: _plot(r, timings, p)
@@ -58,7 +66,7 @@ def run(settings: BenchSettings) -> int:
         print(json.dumps(report))
     else:
         show(report)
-    return 0
+    return 0 if report.get("ok", True) else 1  # a drill that failed (--memory-pressure)
 
 
 class _BatchTimes:
@@ -71,9 +79,16 @@ class _BatchTimes:
         self.seconds.append(seconds)
 
 
+def simulated_gpu(s: BenchSettings) -> Accelerator | None:
+    """With --simulate-gpu, the accelerator of a GPU simulated on the CPU, else None."""
+    return Simulated(SimulatedGpu(SIMULATED_GPU_BYTES)) if s.simulate_gpu else None
+
+
 def bench(s: BenchSettings) -> tuple[dict, dict]:
     """Time the reference loop and the engine on the same pairs; returns (report, timings)."""
-    device = resolve_device(s.device)
+    accel = simulated_gpu(s)
+    device = accel.name if accel else resolve_device(s.device)
+    where = accel.torch_device if accel else device  # where the reference's tensors go
     precision = resolve_precision(s.precision, device)
     # The reference loop runs on this thread with every torch thread, as scripts do; the
     # engine's lanes set their own share in their own threads.
@@ -88,15 +103,16 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
     # fp32 there, and the engine's distance from fp32 is exactly its accuracy cost.
     lossy_on_cpu = precision == "int8" or (precision == "bf16" and device == "cpu")
     ref_precision = "fp32" if lossy_on_cpu else precision
-    reference = Reference(model_dir, device, ref_precision, s.max_length, s.ref_batch)
+    reference = Reference(model_dir, where, ref_precision, s.max_length, s.ref_batch)
     engine = Engine.from_settings(s.model_copy(update={
-        "model": model_dir, "device": device, "precision": precision, "cache_size": 0}))
+        "model": model_dir, "device": where, "precision": precision, "cache_size": 0}), accel)
     batch_times = _BatchTimes()
     engine.add_observer(batch_times)
     lengths = reference.lengths(pairs)
 
     reference.score(warm)
     engine.score(warm)
+    engine.accel.reset_peak()
     ref_best = eng_best = float("inf")
     for _ in range(s.rounds):
         reference.batch_seconds.clear()
@@ -109,15 +125,15 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         scored = engine.score(pairs)
         eng_best = min(eng_best, time.perf_counter() - started)
         after = engine.stats()
+    peak = engine.accel.peak_memory()
 
     model_best = min(engine.model_seconds(pairs) for _ in range(s.rounds))
     eng_probs = np.array([[x.probs[label] for label in engine.labels] for x in scored])
     pos = [engine.labels.index(p) for p in engine.positive]
-    score_diff = np.abs(eng_probs[:, pos].sum(1) - ref_probs[:, pos].sum(1))
     batches = after["batches"] - before["batches"]
     report = {
         "device": device,
-        "device_name": machine_name(device),
+        "device_name": machine_name(device) + (" (a GPU simulated on it)" if accel else ""),
         "precision": precision,
         "reference_precision": ref_precision,
         "pairs": len(pairs),
@@ -134,9 +150,7 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         "ratio": round(ref_best / eng_best, 3),
         "model_only_pairs_per_s": round(len(pairs) / model_best, 2),
         "engine_vs_model_only": round(model_best / eng_best, 3),
-        "max_abs_score_diff": float(score_diff.max()),
-        "max_abs_prob_diff": float(np.abs(eng_probs - ref_probs).max()),
-        "label_agreement": float((eng_probs.argmax(1) == ref_probs.argmax(1)).mean()),
+        **agreement(eng_probs, ref_probs, pos),
         "baseline_padding_efficiency": round(reference.efficiency(lengths), 4),
         "engine_padding_efficiency": round(
             (after["tokens"] - before["tokens"])
@@ -149,8 +163,14 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         "baseline_seconds": round(ref_best, 3),
         "engine_seconds": round(eng_best, 3),
         "truncated_pairs": after["truncated"] - before["truncated"],
+        "peak_memory_bytes": peak,
         "torch": torch.__version__,
     }
+    if precision != "fp32":
+        # What the faster number format costs: the same pairs through the model in fp32.
+        full = ref_probs if ref_precision == "fp32" else Reference(
+            model_dir, where, "fp32", s.max_length, s.ref_batch).score(pairs)
+        report["vs_fp32"] = agreement(eng_probs, full, pos)
     timings = {"reference": list(reference.batch_seconds), "engine": list(batch_times.seconds)}
     with engine:  # closed on the way out
         if s.profile is not None and str(s.profile) not in ("", "."):
@@ -158,6 +178,16 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
 
             report["profile"] = profile_engine(engine, pairs, Path(s.profile))
     return report, timings
+
+
+def agreement(probs: np.ndarray, other: np.ndarray, positive: list[int]) -> dict:
+    """How far two runs' probabilities (pairs x labels, same label order) are apart."""
+    same = probs.argmax(1) == other.argmax(1)
+    return {"max_abs_score_diff": float(np.abs(probs[:, positive].sum(1)
+                                               - other[:, positive].sum(1)).max()),
+            "max_abs_prob_diff": float(np.abs(probs - other).max()),
+            "label_agreement": float(same.mean()),
+            "label_disagreements": int((~same).sum())}
 
 
 class Reference:
@@ -249,6 +279,13 @@ def _print_table(r: dict) -> None:
             else "engine vs reference, same precision")
     print(f"  speed-up {r['ratio']:.2f}x; max |score diff| {r['max_abs_score_diff']:.2e} ({what}); "
           f"label agreement {r['label_agreement']:.1%}")
+    if "vs_fp32" in r:
+        v = r["vs_fp32"]
+        print(f"  {r['precision']} against fp32 on the same pairs: max |score diff| "
+              f"{v['max_abs_score_diff']:.2e}, label agreement {v['label_agreement']:.2%} "
+              f"({v['label_disagreements']} pairs differ)")
+    if r["peak_memory_bytes"] is not None:
+        print(f"  peak device memory {r['peak_memory_bytes'] / 2**30:.2f} GiB")
     if "profile" in r:
         p = r["profile"]
         print()

@@ -190,7 +190,8 @@ class Engine:
         self._counts["tokenize_seconds"] = 0.0
 
     @classmethod
-    def from_settings(cls, s: "ModelSettings") -> "Engine":
+    def from_settings(cls, s: "ModelSettings", accelerator: Accelerator | None = None
+                      ) -> "Engine":
         from mgeo.worker.inference.model import default_model_dir, load_model
 
         path = Path(s.model) if s.model else default_model_dir()
@@ -199,7 +200,8 @@ class Engine:
                    max_length=s.max_length, token_budget=s.token_budget,
                    memory_fraction=s.memory_fraction, cache_size=s.cache_size,
                    positive_labels=s.positive_labels, model_name=path.resolve().name,
-                   batch_layout=s.batch_layout, lanes=s.lanes, threads=s.threads)
+                   batch_layout=s.batch_layout, lanes=s.lanes, threads=s.threads,
+                   accelerator=accelerator)
 
     # ---- public surface -------------------------------------------------------------------
 
