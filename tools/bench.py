@@ -94,9 +94,10 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
     # engine's lanes set their own share in their own threads.
     threads = s.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    rows, source = make_pairs(s.pairs + _WARMUP, s.seed, s.pairs_from)
-    warm = [(r["addr1"], r["addr2"]) for r in rows[:_WARMUP]]
-    pairs = [(r["addr1"], r["addr2"]) for r in rows[_WARMUP:]]
+    warmup = min(_WARMUP, s.pairs)  # a small run (a rehearsal) needs no more than itself
+    rows, source = make_pairs(s.pairs + warmup, s.seed, s.pairs_from)
+    warm = [(r["addr1"], r["addr2"]) for r in rows[:warmup]]
+    pairs = [(r["addr1"], r["addr2"]) for r in rows[warmup:]]
     model_dir, model_desc = _model(s)
 
     # The reference runs at the engine's precision, except int8 and bf16 on a CPU: people run
