@@ -304,3 +304,14 @@ def test_the_profile_counts_device_time_once():
     assert [op["op"] for op in out["top_ops"]] == ["sm90_xmma_gemm", "softmax_kernel"]
     assert out["limit"].startswith("the host: the GPU idles 91%")
     assert out["stage_seconds"]["forward"] == 0.08
+
+
+def test_the_memory_drill_takes_what_one_allocation_gets():
+    """Free memory is rarely one block: the drill's ballast asks for less until it fits."""
+    from mgeo.tools.pressure import _occupy
+
+    sim = Simulated(SimulatedGpu(GiB))
+    release, taken = _occupy(sim, GiB + 3 * 2**20, 2**20)
+    assert taken == GiB and sim.free_memory() == 0
+    release()
+    assert sim.free_memory() == GiB

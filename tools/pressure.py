@@ -67,9 +67,8 @@ def run_pressure(s: BenchSettings) -> dict:
     pressed = engine(s.token_budget or 4 * calm.token_budget, GROW_AFTER)
     report["oversized_budget"] = pressed.token_budget
     headroom = max(calm_peak // 4, 1)
-    ballast = max(0, (accel.free_memory() or 0) - headroom)
+    release, ballast = _occupy(accel, max(0, (accel.free_memory() or 0) - headroom), headroom)
     report.update(headroom_bytes=headroom, ballast_bytes=ballast)
-    release = accel.occupy(ballast)
     try:
         report["pressed"] = _pass(pressed, pairs, want, pos, agreement)
     finally:
@@ -89,6 +88,19 @@ def run_pressure(s: BenchSettings) -> dict:
     report["ok"] = report["shrank"] and all(
         "crashed" not in p and p["complete"] and p["label_agreement"] >= 0.999 for p in passes)
     return report
+
+
+def _occupy(accel, nbytes: int, step: int):
+    """Take `nbytes` of device memory, or as much less (by `step`) as one allocation gets:
+    free memory is rarely one block."""
+    from mgeo.worker.inference.memory import OOM
+
+    for _ in range(16):
+        try:
+            return accel.occupy(nbytes), nbytes
+        except OOM:
+            nbytes = max(0, nbytes - step)
+    raise RuntimeError("could not take the GPU's free memory for the drill")
 
 
 def _pass(engine, pairs, want: np.ndarray, pos: list[int], agreement) -> dict:
