@@ -512,7 +512,7 @@ class BenchSettings(EngineSettings):
                     "the memory is back.")
     simulate_gpu: bool = Field(
         False,
-        description="Run on a GPU simulated on the CPU (CUDA's rules, fp16, a 4 GiB memory "
+        description="Run on a GPU simulated on the CPU (CUDA's rules, fp16, 256 MiB of memory "
                     "with the caching allocator's bookkeeping) instead of --device: what "
                     "bench/gpu-run --cpu uses to rehearse the GPU steps. Slow: fp16 on a CPU.")
 
