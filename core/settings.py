@@ -886,6 +886,11 @@ class BenchSettings(EngineSettings):
 
     pairs: int = Field(2000, ge=32, description="Pairs to score in each configuration.")
     seed: int = Field(0, description="Seed of the synthetic pairs and random model.")
+    pairs_from: Literal["traffic", "synth"] = Field(
+        "traffic",
+        description="Where the pairs come from: traffic, unlabelled pairs with real traffic's "
+                    "lengths that every install ships (mgeo.traffic); synth, the labelled "
+                    "training generator (needs the training extra).")
     json: bool = Field(False, description="Print one JSON object instead of a table.")
     plot: Path | None = Field(
         Path("bench.png"), description="Where the PNG plot goes (empty to skip).")
@@ -924,6 +929,18 @@ class BenchSettings(EngineSettings):
     max_batch_pairs: int = Field(
         4096, ge=1, json_schema_extra=_meta("N"),
         description="--host-path: pairs per engine call, as the worker hands them over.")
+    memory_pressure: bool = Field(
+        False,
+        description="Instead, drill the adaptive token budget on real GPU memory: start from an "
+                    "oversized budget (--token-budget, default 4x the start-up one) with the "
+                    "GPU nearly full, so that batches run out of memory; every pair must still "
+                    "be scored as without pressure, the budget must shrink, then regrow once "
+                    "the memory is back.")
+    simulate_gpu: bool = Field(
+        False,
+        description="Run on a GPU simulated on the CPU (CUDA's rules, fp16, 256 MiB of memory "
+                    "with the caching allocator's bookkeeping) instead of --device: what "
+                    "bench/gpu-run --cpu uses to rehearse the GPU steps. Slow: fp16 on a CPU.")
 
     _split_processes = field_validator("processes_list", mode="before")(_split_commas)
 
