@@ -2,8 +2,9 @@
 
 The import package `mgeo` is the shared base, in the repository folder `core/`: the wire format
 (`mgeo.wire`), every command's settings (`mgeo.settings`), logging (`mgeo.logs`), Kafka client
-helpers (`mgeo.kafka`), pair and result files (`mgeo.files`) and plots (`mgeo.plots`). It imports
-none of the parts above it, which live in their own folders:
+helpers (`mgeo.kafka`), reading pair files (`mgeo.readers`), writing files whole and readable
+(`mgeo.writers`) and plots (`mgeo.plots`). It imports none of the parts above it, which live in
+their own folders:
 
     producer/  mgeo.producer   publishing requests, reading results (ETL hosts; no torch)
     worker/    mgeo.worker     the runtime: stream/ (Kafka, no torch), inference/ (no Kafka)

@@ -9,17 +9,28 @@ count of what it held back, in the process's own log format.
 from __future__ import annotations
 
 import logging
+import re
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Literal, Mapping
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from mgeo.logs import RateLimitedLog
+from mgeo.settings import is_secret
 
 
 class KafkaUnavailable(RuntimeError):
     """The brokers cannot be reached, or the topic is not there; the message says which."""
+
+
+class KafkaConfigError(ValueError):
+    """librdkafka refuses a client's properties. `key` is the property at fault (None when no
+    single one is); `reason` says what is wrong with it and never shows a value."""
+
+    def __init__(self, key: str | None, reason: str):
+        super().__init__(f"property {key!r}: {reason}" if key else reason)
+        self.key, self.reason = key, reason
 
 
 _TRANSPORT_KEY = f"error:{KafkaError._TRANSPORT}"
@@ -175,3 +186,108 @@ _CLIENT_CALLBACKS = {"logger", "error_cb", "stats_cb", "throttle_cb", "on_delive
 
 def _admin_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _NOT_ADMIN | _CLIENT_CALLBACKS}
+
+
+# How librdkafka words a refused property (the property is group `p`), and what to tell the
+# user instead: some of its messages quote the value, which may be a secret.
+_REFUSALS = [
+    (re.compile(r'No such configuration property: "(?P<p>[^"]+)"'),
+     "librdkafka has no such property; check its spelling against librdkafka's "
+     "CONFIGURATION.md (names are case-sensitive)"),
+    (re.compile(r'Invalid value .*for configuration property "(?P<p>[^"]+)"'),
+     "librdkafka does not take this value (not shown here); see the values it takes in "
+     "librdkafka's CONFIGURATION.md"),
+    (re.compile(r'Expected bool value for "(?P<p>[^"]+)"'), "its value must be true or false"),
+    (re.compile(r'Configuration property "(?P<p>[^"]+)" value .* is outside allowed range '
+                r'(?P<range>\S+)'),
+     "its value (not shown here) is outside the allowed range {range}"),
+    (re.compile(r'Internal property "(?P<p>[^"]+)" not settable'),
+     "it cannot be given as a property (librdkafka sets it through its API)"),
+    (re.compile(r"expected (?P<p>\S+) property as a callable"),
+     "it takes a callback, which no option can give"),
+]
+_CLIENTS = {"consumer": Consumer, "producer": Producer}
+# Properties that would make a checking client connect to something.
+_NO_CONNECT = {"bootstrap.servers", "metadata.broker.list"}
+
+
+class _Silent:
+    """A librdkafka logger that drops every line: a checking client's warnings ("no
+    bootstrap.servers") are about the check, not the user's settings."""
+
+    def log(self, *args: Any) -> None:
+        pass
+
+
+def _refusal(config: Mapping[str, Any], role: Literal["consumer", "producer"]) -> str | None:
+    """librdkafka's words for why it will not build a `role` client from `config`, or None."""
+    conf = {"group.id": "mgeo-config-check", **config} if role == "consumer" else dict(config)
+    try:
+        client = _CLIENTS[role]({**conf, "logger": _Silent()})
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        return err.str() if isinstance(err, KafkaError) else str(exc)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    if role == "consumer":
+        client.close()
+    return None
+
+
+def check_config(config: Mapping[str, Any], role: Literal["consumer", "producer"],
+                 suspects: Iterable[str] = ()) -> None:
+    """Raise `KafkaConfigError` unless librdkafka builds a `role` client from `config`.
+
+    The client is built without its brokers, so nothing connects, and closed at once; yet
+    librdkafka checks every name, value and combination and loads the certificates named, as
+    it will when the command starts. A refusal is pinned on one of `suspects` (the properties
+    the user gave): the one librdkafka names, else the one whose removal makes the rest
+    acceptable (librdkafka names `acks` as request.required.acks, a clash names either side).
+    """
+    conf = {k: v for k, v in config.items()
+            if isinstance(v, (str, int, float, bool)) and k not in _NO_CONNECT}
+    problem = _refusal(conf, role)
+    if problem is None:
+        return
+    problem = re.sub(r"^Failed to create (consumer|producer): ", "", problem.strip())
+    key = _culprit(problem, conf, role, [k for k in suspects if k in conf])
+    raise KafkaConfigError(key, _reason(problem, key, conf, role))
+
+
+def _culprit(problem: str, conf: Mapping[str, Any], role: Literal["consumer", "producer"],
+             suspects: list[str]) -> str | None:
+    """The suspect that librdkafka's `problem` is about: the one it names, else the one whose
+    value it quotes ("Unsupported SASL mechanism: X"), else the first whose removal makes the
+    rest acceptable; else whatever property it names, if any."""
+    named = next((w for w in re.findall(r"[A-Za-z_][\w.]*", problem) if w in conf), None)
+    if named in suspects:
+        return named
+    for key in suspects:
+        value = str(conf[key])
+        if len(value) > 2 and _token(value).search(problem):
+            return key
+    for key in suspects:
+        if _refusal({k: v for k, v in conf.items() if k != key}, role) is None:
+            return key
+    return named
+
+
+def _token(text: str) -> re.Pattern:
+    """`text` as a whole word of a message (not part of a longer name or path)."""
+    return re.compile(rf"(?<![\w./-]){re.escape(text)}(?![\w./-])")
+
+
+def _reason(problem: str, key: str | None, conf: Mapping[str, Any], role: str) -> str:
+    for pattern, reason in _REFUSALS:
+        m = pattern.search(problem)
+        if m:
+            said = m.group("p")
+            alias = f" (librdkafka's {said})" if key and said != key else ""
+            return reason.format(**m.groupdict()) + alias
+    # Another refusal: librdkafka's own words, with any value of the property at fault or of a
+    # secret taken out (they can quote a mechanism, a path, a cipher list...).
+    for name, value in conf.items():
+        text = str(value)
+        if text and (name == key or is_secret(name)):
+            problem = _token(text).sub("***", problem)
+    return f"the {role} refuses it: {problem}"

@@ -1,30 +1,45 @@
 """Every option of every `mgeo` command, in one typed place.
 
-Each field is an environment variable `MGEO_<NAME>` and a CLI flag `--<name>` (kebab case);
-`--help` shows the field's description, its value named by `cli_metavar`. Options are defined
-once, in small groups (`_InputTopic`, `_Device`...), and each command class composes only the
-groups it uses, so `mgeo produce --help` lists no consumer or worker option. Groups are listed
-last-shown first in a class's bases (pydantic orders fields from the last base).
+Each field is an environment variable `MGEO_<NAME>`, a CLI flag `--<name>` (kebab case) and a
+key `<name>` of the config file `--config` names (TOML, or YAML); a flag beats its variable, a
+variable beats the file. `--help` shows the field's description, default and variable, its
+value named by `cli_metavar`, under the group its class names (`option_group`). Options are
+defined once, in small mixins (`_InputTopic`, `_Device`...), and each command class composes
+only those it uses, so `mgeo produce --help` lists no consumer or worker option. Mixins are
+listed last-shown first in a class's bases (pydantic orders fields from the last base).
 
 This module imports no torch: the producer side loads it on hosts without a GPU stack.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import ipaddress
+import json
 import re
 import warnings
 from pathlib import Path
 from types import UnionType
-from typing import Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
+import javaproperties
 from pydantic import AliasChoices, Field, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, CliPositionalArg, SettingsConfigDict
+from pydantic_settings import (BaseSettings, CliPositionalArg, InitSettingsSource, NoDecode,
+                               PydanticBaseSettingsSource, SettingsConfigDict, SettingsError,
+                               TomlConfigSettingsSource, YamlConfigSettingsSource)
 
 ENV_PREFIX = "MGEO_"
 
-# librdkafka properties whose values must never reach a log, an error message or a config dump.
-_SECRET_KEY = re.compile(r"(password|secret|token|key\.pem|private|credential|jaas)", re.I)
+# Properties whose values must never reach a log, an error message or a config dump, by the
+# last parts of their names: every librdkafka property that holds a credential (passwords,
+# passphrases, client secrets, private keys, ssl_key, the OAUTHBEARER config string with its
+# tokens and extensions; tests/data/librdkafka-properties.txt lists them all), and those of
+# files written for the Java client (sasl.jaas.config...), which librdkafka refuses but an
+# error or a dump may show on the way.
+_SECRET_SUFFIXES = ("password", "passphrase", "secret", "key.pem", "ssl_key",
+                    "oauthbearer.config", "jaas.config", "keystore.key", "user.info")
 
 
 def _split_commas(cls, v):
@@ -34,28 +49,275 @@ def _split_commas(cls, v):
     return v
 
 
-def redact(config: dict[str, str]) -> dict[str, str]:
-    """A copy of a librdkafka config fit for logs: secret-looking values replaced by `***`."""
-    return {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in config.items()}
+def is_secret(key: str) -> bool:
+    """Whether the value of property `key` is a credential (see `_SECRET_SUFFIXES`)."""
+    k = key.strip().lower()
+    return any(k == s or k.endswith("." + s) for s in _SECRET_SUFFIXES)
+
+
+def redact(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a librdkafka config fit for logs: the values of secret properties are `***`."""
+    return {k: ("***" if is_secret(k) else v) for k, v in config.items()}
+
+
+_EOL = re.compile(r"\r\n|\r|\n")
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    """Read a Java-style `.properties` file (`key=value` lines, `#` comments) into a dict."""
+    """Read a Java `.properties` file, the format of Kafka's client.properties: `=`, `:` or
+    whitespace between key and value, `#` and `!` comments, a backslash at the end of a line
+    continuing it, backslash escapes. javaproperties parses it (the format has corners: a
+    hand-written split at `=` rejected `key: value`). Errors name the file and line only:
+    the values are credentials."""
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
     except OSError as exc:
-        raise ValueError(f"cannot read Kafka config file {path}: {exc.strerror}; "
-                         "pass a readable file to --kafka-config-file") from None
+        raise ValueError(f"cannot read {path}: {exc.strerror}; give a readable .properties "
+                         "file") from None
     out: dict[str, str] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", "!")):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise ValueError(f"{path}:{n}: expected key=value, got {line[:40]!r}")
-        out[key.strip()] = value.strip()
+    line = 1  # where the next entry starts
+    entries = javaproperties.parse(text)
+    while True:
+        try:
+            entry = next(entries, None)
+        except javaproperties.InvalidUEscapeError:
+            raise ValueError(f"{path}:{line}: invalid \\u escape (it takes four hex digits; "
+                             "write \\\\ for a backslash)") from None
+        if entry is None:
+            return out
+        if isinstance(entry, javaproperties.KeyValue):
+            if not entry.key.strip():
+                raise ValueError(f"{path}:{line}: a value without a property name before it")
+            out[entry.key] = entry.value
+        line += len(_EOL.findall(entry.source))
+
+
+def _property(text: str, where: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"{where} is not KEY=VALUE (it has no '=')")
+    if not key.strip():
+        raise ValueError(f"{where} has no property name before its '='")
+    return key.strip(), value
+
+
+def _properties(cls, v: Any) -> Any:
+    """librdkafka properties from a dict, or from the text of the environment variable (a
+    JSON object, or KEY=VALUE lines) or of the flags (a JSON list of KEY=VALUE strings, one a
+    flag: mgeo.tools.cli passes them so). Errors say where, never what: values are secrets."""
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if not text.startswith(("{", "[")):
+        pairs = [_property(ln.strip(), f"line {n}") for n, ln in enumerate(text.splitlines(), 1)
+                 if ln.strip() and not ln.lstrip().startswith("#")]
+        return {k: val.strip() for k, val in pairs}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                         "give a JSON object or KEY=VALUE lines") from None
+    if isinstance(data, list):
+        if not all(isinstance(item, str) for item in data):
+            raise ValueError("a JSON list must hold KEY=VALUE strings")
+        return dict(_property(item, f"value {n}") for n, item in enumerate(data, 1))
+    out = {}
+    for key, value in data.items():
+        if not key.strip():
+            raise ValueError("a property without a name")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise ValueError(f"the value of {key!r} is not text, a number or true/false")
+        out[key] = value
     return out
+
+
+def _ip_address(cls, v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError("not an IP address; give one of this host's addresses, e.g. "
+                         "127.0.0.1, or 0.0.0.0 for all of them") from None
+    return v
+
+
+# -- --help groups -----------------------------------------------------------------------------
+# An option is shown under the group named by the class that defines it: the group whose
+# `cli_groups` entry lists the field, else the class's own `cli_group`; a class naming none
+# leaves its fields to the command's own `cli_group`. So a field keeps its group in every
+# command that composes its class, and wherever the class moves (see `option_group`).
+
+IO = "Input and output"
+KAFKA = "Kafka connection"
+TOPICS = "Kafka topics"
+CONSUMER_GROUP = "Consumer group"
+MODEL = "Model"
+BATCHING = "Batching"
+BAD_REQUESTS = "Bad requests"
+DELIVERY = "Delivery"
+OPERATIONS = "Operations"
+WORKER = "Worker"
+BROKER = "Broker"
+DEMO = "Demo"
+BENCHMARK = "Benchmark"
+SYNTH = "Synthetic pairs"
+TRAINING = "Training"
+FRESH_MODEL = "Fresh model (without --model)"
+GENERAL = "General"
+# Every group, in the order --help shows them.
+GROUPS = (IO, KAFKA, TOPICS, CONSUMER_GROUP, MODEL, BATCHING, BAD_REQUESTS, DELIVERY, OPERATIONS,
+          WORKER, BROKER, DEMO, BENCHMARK, SYNTH, TRAINING, FRESH_MODEL, GENERAL)
+# Where an option of a class that names no group, in a command that names none, would land;
+# not in GROUPS, so tests/test_cli.py sees it.
+UNGROUPED = "Other options"
+
+
+def option_group(cls: type[BaseSettings], name: str) -> str:
+    """The --help group of field `name` of settings class `cls` (see GROUPS)."""
+    for klass in cls.__mro__:
+        if name in inspect.get_annotations(klass):  # the class that defines (or redefines) it
+            own = vars(klass)
+            listed = [g for g, names in own.get("cli_groups", {}).items() if name in names]
+            group = listed[0] if listed else own.get("cli_group")
+            if group:
+                return group
+            break
+    return vars(cls).get("cli_group") or UNGROUPED
+
+
+def _aliases(cls: type[BaseSettings], name: str) -> list[str]:
+    choices = getattr(cls.model_fields[name].validation_alias, "choices", None) or []
+    return [c for c in choices if isinstance(c, str)]
+
+
+def env_name(cls: type[BaseSettings], name: str) -> str:
+    """The environment variable of field `name`: MGEO_<NAME>, or the MGEO_ alias it declares
+    (ScoreSettings.input is MGEO_IN)."""
+    prefixed = [a for a in _aliases(cls, name) if a.upper().startswith(ENV_PREFIX)]
+    return (prefixed[0] if prefixed else ENV_PREFIX + name).upper()
+
+
+def config_key(cls: type[BaseSettings], name: str) -> str:
+    """The key of field `name` in a config file: its variable without MGEO_, in lower case."""
+    return env_name(cls, name)[len(ENV_PREFIX):].lower()
+
+
+def option_flag(cls: type[BaseSettings], name: str) -> str:
+    """The flag of field `name`: --<name>, or its first alias (ScoreSettings.input is --in); a
+    positional argument's name (SRC)."""
+    if any(m in CliPositionalArg.__metadata__ for m in cls.model_fields[name].metadata):
+        return name.upper()
+    plain = [a for a in _aliases(cls, name) if not a.upper().startswith(ENV_PREFIX)]
+    return "--" + (plain[0] if plain else name).replace("_", "-")
+
+
+# -- config files ------------------------------------------------------------------------------
+
+
+class ConfigFileError(SettingsError):
+    """A config file that cannot be used; `reason` says why in a few words, never quoting a
+    value (it may be a password)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _settings_classes() -> list[type[Base]]:
+    out, todo = [], [Base]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def config_keys(cls: type[BaseSettings]) -> set[str]:
+    """The keys a config file may give for `cls`: its options' variables without MGEO_."""
+    return {config_key(cls, name) for name in cls.model_fields} - {"config"}
+
+
+def _unknown_key(key: str, known: set[str]) -> str:
+    """Why `key` is no key of any command, with the key the user likely meant."""
+    guess = key.strip().lower().replace("-", "_").removeprefix(ENV_PREFIX.lower())
+    if guess not in known:
+        close = difflib.get_close_matches(guess, known, n=1)
+        guess = close[0] if close else ""
+    hint = f"; did you mean {guess}?" if guess else ""
+    return (f"unknown key {key!r}{hint} (keys are the options' MGEO_ variables without MGEO_, "
+            "in lower case)")
+
+
+def _load(cls: type[BaseSettings], path: Path) -> Any:
+    """The data of config file `path`, through pydantic-settings' own TOML or YAML source."""
+    if path.suffix.lower() == ".toml":
+        try:
+            return TomlConfigSettingsSource(cls, toml_file=path).toml_data
+        except UnicodeDecodeError:
+            raise
+        except ValueError as exc:  # tomllib.TOMLDecodeError: what and where, never a value
+            raise ConfigFileError(path, f"not valid TOML: {exc}") from None
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigFileError(path, "reading YAML needs PyYAML: pip install pyyaml, or write "
+                                    "the file in TOML") from None
+    try:
+        return YamlConfigSettingsSource(cls, yaml_file=path).yaml_data
+    except (AttributeError, TypeError, ValueError):  # a list or a scalar, not a mapping
+        return None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or "cannot parse it"
+        raise ConfigFileError(path, f"not valid YAML{where}: {what}") from None
+
+
+def read_config_file(cls: type[BaseSettings], path: Path) -> dict[str, Any]:
+    """The options file `path` gives for `cls`.
+
+    Keys of options other commands have are left to them (as the environment's variables are):
+    one file may serve the worker, the producer and the collector. Any other key is an error:
+    a misspelt option would otherwise do nothing."""
+    if path.suffix.lower() not in (".toml", ".yaml", ".yml"):
+        raise ConfigFileError(path, "give a .toml file, or .yaml/.yml")
+    if not path.is_file():
+        raise ConfigFileError(path, "no such file" if not path.exists() else "not a file")
+    try:
+        data = _load(cls, path)
+    except OSError as exc:
+        raise ConfigFileError(path, f"cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(path, "not UTF-8 text; save it as UTF-8") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(path, "the file must be a mapping of keys to values")
+    known = set().union(*(config_keys(c) for c in _settings_classes()))
+    unknown = [str(k) for k in data if k not in known]
+    if unknown:
+        raise ConfigFileError(path, _unknown_key(unknown[0], known))
+    ours = config_keys(cls)
+    return {k: v for k, v in data.items() if k in ours}
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """The file that `config` names, as the sources before this one (flags, environment) set
+    it: below them, above the defaults."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.current_state.get("config")
+        if not path:
+            return {}
+        data = read_config_file(self.settings_cls, Path(path).expanduser())
+        return InitSettingsSource(self.settings_cls, data)()
 
 
 class Base(BaseSettings):
@@ -70,12 +332,28 @@ class Base(BaseSettings):
         populate_by_name=True,
         frozen=True,
     )
+    cli_group: ClassVar[str] = GENERAL
 
+    config: Path | None = Field(
+        None,
+        description="A TOML file (.toml) of options, or YAML (.yaml, .yml; needs PyYAML). Its "
+                    "keys are the options' variables without MGEO_, in lower case: "
+                    "bootstrap_servers = \"k1:9092\". A flag beats its variable, a variable "
+                    "beats the file. Keys of other mgeo commands' options are ignored; any "
+                    "other key is an error.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity.")
     log_format: Literal["text", "json"] = Field(
         "text", description="Log line format: human-readable text, or one JSON object a line "
                             "(for log shippers).")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        """Flags (put first by pydantic-settings), then arguments, the environment, the config
+        file, defaults."""
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls), dotenv_settings,
+                file_secret_settings)
 
 
 def _meta(metavar: str) -> dict:
@@ -109,18 +387,30 @@ def cli_metavar(field: FieldInfo) -> str | None:
 class KafkaClientSettings(Base):
     """How to reach the brokers: what every Kafka command shares."""
 
+    cli_group: ClassVar[str] = KAFKA
+
+    # A rejected value is never shown back, here or in a ValidationError's text: it may be a
+    # password.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port.",
         json_schema_extra=_meta("HOST:PORT,..."))
-    kafka_config: dict[str, str] = Field(
+    kafka_config: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
-        description="Extra librdkafka properties for every client, as key=value (repeatable), "
-                    "e.g. --kafka-config security.protocol=SASL_SSL. Secret values are never "
+        description="Extra librdkafka properties for every client: one KEY=VALUE a flag, "
+                    "the value taken whole, commas and '=' included (--kafka-config "
+                    "security.protocol=SASL_SSL --kafka-config debug=cgrp,fetch). The "
+                    "variable holds a JSON object, or KEY=VALUE lines. Secret values are never "
                     "logged.")
     kafka_config_file: Path | None = Field(
         None,
-        description="A .properties file of librdkafka settings (key=value lines) read at start; "
-                    "keeps credentials out of the environment and the command line.")
+        description="A .properties file of librdkafka settings (the format of Kafka's "
+                    "client.properties), checked before the command starts: it keeps "
+                    "credentials out of the environment and the command line. --kafka-config "
+                    "and the consumer and producer options override it.")
+
+    _read_kafka_config = field_validator("kafka_config", mode="before")(_properties)
 
     def client_config(self, role: Literal["consumer", "producer", "admin"]) -> dict[str, str]:
         """The librdkafka config of one client: bootstrap, file, shared, then role-specific."""
@@ -132,6 +422,17 @@ class KafkaClientSettings(Base):
             conf.update(getattr(self, f"{role}_config", None) or {})
         return conf
 
+    def option_of(self, key: str, role: Literal["consumer", "producer", "admin"]) -> str | None:
+        """The field whose value gives property `key` of `client_config(role)` (the last one
+        that sets it); None for a property mgeo sets itself."""
+        if key in (getattr(self, f"{role}_config", None) or {}):
+            return f"{role}_config"
+        if key in self.kafka_config:
+            return "kafka_config"
+        if self.kafka_config_file is not None and key in read_properties(self.kafka_config_file):
+            return "kafka_config_file"
+        return "bootstrap_servers" if key == "bootstrap.servers" else None
+
     def masked(self) -> dict:
         """This settings object as a dict fit for logs: secrets masked."""
         data = self.model_dump(mode="json")
@@ -142,16 +443,19 @@ class KafkaClientSettings(Base):
 
 
 class _InputTopic(Base):
+    cli_group: ClassVar[str] = TOPICS
     input_topic: str = Field("address-pairs", description="Topic of address-pair requests.",
                              json_schema_extra=_meta("TOPIC"))
 
 
 class _OutputTopic(Base):
+    cli_group: ClassVar[str] = TOPICS
     output_topic: str = Field("address-scores", description="Topic the scores are written to.",
                               json_schema_extra=_meta("TOPIC"))
 
 
 class _DlqTopic(Base):
+    cli_group: ClassVar[str] = TOPICS
     dlq_topic: str = Field(
         "address-pairs.dlq",
         description="Dead-letter topic for messages without a usable id (value kept unchanged).",
@@ -159,13 +463,23 @@ class _DlqTopic(Base):
 
 
 class _ConsumerConfig(Base):
-    consumer_config: dict[str, str] = Field(
-        default_factory=dict, description="Extra librdkafka properties for consumers only.")
+    cli_group: ClassVar[str] = KAFKA
+    consumer_config: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties for consumers only, given as "
+                    "--kafka-config's are.")
+
+    _read_consumer_config = field_validator("consumer_config", mode="before")(_properties)
 
 
 class _ProducerConfig(Base):
-    producer_config: dict[str, str] = Field(
-        default_factory=dict, description="Extra librdkafka properties for producers only.")
+    cli_group: ClassVar[str] = KAFKA
+    producer_config: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties for producers only, given as "
+                    "--kafka-config's are.")
+
+    _read_producer_config = field_validator("producer_config", mode="before")(_properties)
 
 
 class KafkaSettings(_ProducerConfig, _ConsumerConfig, _DlqTopic, _OutputTopic, _InputTopic,
@@ -177,6 +491,7 @@ class KafkaSettings(_ProducerConfig, _ConsumerConfig, _DlqTopic, _OutputTopic, _
 
 
 class _ModelPath(Base):
+    cli_group: ClassVar[str] = MODEL
     model: Path | None = Field(
         None,
         description="A local Hugging Face sequence-classification directory (a converted MGeo "
@@ -185,20 +500,23 @@ class _ModelPath(Base):
 
 
 class _Device(Base):
+    cli_group: ClassVar[str] = MODEL
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the model runs; auto picks cuda when a GPU is visible.")
 
 
 class _Precision(Base):
+    cli_group: ClassVar[str] = MODEL
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "auto",
         description="Numeric precision: auto is fp16 on cuda (softmax in fp32) and fp32 on cpu; "
                     "int8 is dynamic quantization, cpu only; bf16 runs on Ampere+ GPUs and on "
-                    "CPUs with native bf16 (AVX512-BF16/AMX: about 2.5x fp32 there), and is "
-                    "refused on CPUs that would emulate it.")
+                    "CPUs with native bf16 (AVX512-BF16, AMX), and is refused on CPUs that "
+                    "would emulate it.")
 
 
 class _MaxLength(Base):
+    cli_group: ClassVar[str] = MODEL
     max_length: int = Field(
         128, ge=8, le=512, description="Token limit of a pair; longer pairs are truncated "
                                         "(MGeo's recipe uses 128).",
@@ -206,6 +524,7 @@ class _MaxLength(Base):
 
 
 class _Threads(Base):
+    cli_group: ClassVar[str] = MODEL
     threads: int | None = Field(
         None, ge=1,
         description="CPU threads torch may use for the model (default: torch's choice, the "
@@ -213,22 +532,21 @@ class _Threads(Base):
     lanes: int | None = Field(
         None, ge=1,
         description="cpu: model batches run at once, each on its own thread with --threads / "
-                    "--lanes torch threads. Independent batches do not wait for each other at "
-                    "every operator as the threads of one batch do (on 2 cores, two lanes of "
-                    "one thread scored the bundled model 1.1-1.6x faster than one lane of two). "
-                    "Default: at least 2, with at most 4 threads each. cuda: 1.")
+                    "--lanes torch threads, so that independent batches do not wait for each "
+                    "other at every operator. Default: at least 2, with at most 4 threads "
+                    "each; cuda: 1.")
 
 
 class _Batching(Base):
+    cli_group: ClassVar[str] = BATCHING
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {MODEL: ("positive_labels",)}
     batch_layout: Literal["auto", "packed", "padded"] = Field(
         "auto",
-        description="How a batch reaches the model. packed: the pairs' tokens end to end with "
-                    "no padding (only attention pads, per group of similar lengths), so a "
-                    "small batch of mixed lengths costs what its tokens cost; BERT models only "
-                    "(MGeo is one). padded: [pairs x longest pair] tensors through the "
-                    "transformers call, any architecture. auto: packed on cpu where the model "
-                    "allows it (1.5-2x the pairs/s of padded on small batches), padded on cuda, "
-                    "where packed is not yet measured.")
+        description="How a batch reaches the model. packed: the pairs' tokens end to end, "
+                    "without padding, so a batch of mixed lengths costs what its tokens cost; "
+                    "BERT models only (MGeo is one). padded: [pairs x longest pair] tensors, "
+                    "any architecture. auto: packed on cpu where the model allows it, padded "
+                    "on cuda.")
     token_budget: int | None = Field(
         None, ge=64,
         description="Tokens per model batch: padded tokens, or real ones with the packed "
@@ -251,6 +569,7 @@ class _Batching(Base):
 
 
 class _MaxAddressChars(Base):
+    cli_group: ClassVar[str] = BAD_REQUESTS
     max_address_chars: int = Field(
         1000, ge=1,
         description="Addresses longer than this many characters get an error result instead "
@@ -258,18 +577,60 @@ class _MaxAddressChars(Base):
         json_schema_extra=_meta("CHARS"))
 
 
-class EngineSettings(_Threads, _Batching, _MaxLength, _Precision, _Device, _ModelPath):
+def _key_values(cls, v):
+    """A NAME=VALUE,... option (a flag, repeated or not, or an environment variable) as a
+    dict."""
+    if isinstance(v, str):
+        out = {}
+        for part in v.split(","):
+            if part.strip():
+                key, sep, value = part.partition("=")
+                if not sep or not key.strip():
+                    raise ValueError(f"expected NAME=VALUE,...; got {part.strip()!r}")
+                out[key.strip()] = value.strip()
+        return out
+    return v
+
+
+class _LabelMap(Base):
+    cli_group: ClassVar[str] = MODEL
+
+    label_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Names for the model's labels when its config.json does not use MGeo's "
+                    "(exact_match, partial_match, not_match), e.g. --label-map "
+                    "LABEL_0=not_match,LABEL_1=partial_match,LABEL_2=exact_match. A model whose "
+                    "labels are not MGeo's three, after this, is refused at load.",
+        json_schema_extra=_meta("NAME=LABEL,..."))
+
+    _split_label_map = field_validator("label_map", mode="before")(_key_values)
+
+
+class EngineSettings(_Threads, _Batching, _MaxLength, _Precision, _Device, _LabelMap,
+                     _ModelPath):
     """Which model runs where, and how the engine batches it (what `Engine.from_settings`
     reads)."""
 
 
 class ModelSettings(_Threads, _MaxAddressChars, _Batching, _MaxLength, _Precision, _Device,
-                    _ModelPath):
+                    _LabelMap, _ModelPath):
     """The engine's options and the request validation that goes with scoring."""
 
 
 class WorkerSettings(KafkaSettings, ModelSettings):
     """`mgeo worker`: consume requests, score them, publish results, commit."""
+
+    cli_group: ClassVar[str] = WORKER
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        CONSUMER_GROUP: ("group_id", "group_instance_id", "group_protocol", "session_timeout_ms",
+                         "max_poll_interval_ms"),
+        BATCHING: ("consume_batch", "poll_timeout", "fetch_wait_ms", "linger_ms",
+                   "max_batch_pairs", "max_inflight"),
+        DELIVERY: ("delivery", "transactional_id", "transaction_timeout_ms", "commit_interval"),
+        BAD_REQUESTS: ("max_request_bytes", "max_dead_letter_ratio", "dead_letter_window"),
+        OPERATIONS: ("processes", "shutdown_timeout", "max_messages", "metrics_port",
+                     "metrics_host", "liveness_timeout", "stats_interval_ms"),
+    }
 
     group_id: str = Field("mgeo-workers", description="Consumer group of the worker fleet.",
                           json_schema_extra=_meta("GROUP"))
@@ -308,21 +669,17 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         1000, ge=1, le=100_000, description="Most messages taken from the consumer per poll.")
     poll_timeout: float = Field(
         0.2, gt=0, le=10,
-        description="Seconds an idle poll waits for the first message. A poll returns as soon "
-                    "as a message arrives, and answers are published by the inference thread "
-                    "the moment their batch is scored, so this bounds neither latency nor "
-                    "throughput; only how often an idle loop wakes to commit.",
+        description="Seconds an idle poll waits for a message. A poll returns as soon as one "
+                    "arrives, so this bounds neither latency nor throughput, only how often "
+                    "an idle worker wakes to commit.",
         json_schema_extra=_meta("SECONDS"))
     fetch_wait_ms: int = Field(
         50, ge=0, le=10_000,
         description="librdkafka fetch.wait.max.ms of the consumer: how long the broker may "
                     "hold a fetch while it waits for data. A Kafka broker answers as soon as "
-                    "data arrives, so there it only bounds how often an idle worker asks "
-                    "(librdkafka's default is 500 ms). Tansu, the embedded broker of the tests "
-                    "and benchmarks, holds a fetch for the whole wait, so there it adds up to "
-                    "this much latency; shorter waits cost it CPU (on the 2-core CI machine, "
-                    "10 ms took a third of a core from the worker). "
-                    "--consumer-config fetch.wait.max.ms=... overrides it.",
+                    "data arrives, so this only bounds how often an idle worker asks; a broker "
+                    "that holds a fetch for the whole wait (`mgeo broker` does) adds up to "
+                    "this much latency. --consumer-config fetch.wait.max.ms=... overrides it.",
         json_schema_extra=_meta("MS"))
     linger_ms: float = Field(
         1.0, ge=0, le=1000,
@@ -334,17 +691,15 @@ class WorkerSettings(KafkaSettings, ModelSettings):
     processes: int = Field(
         1, ge=1, le=64,
         description="Worker processes in this container, each a member of the consumer group "
-                    "with its own copy of the model on the same device. One Python process "
-                    "uses about one core for its Kafka and result work; a GPU host has 8-16 "
-                    "cores per GPU. Each process gets its own identity: the transactional id "
-                    "<id>-<n> (exactly-once) and the static member id <id>-<n> (with "
-                    "--group-instance-id); /metrics on --metrics-port covers all of them.")
+                    "with its own copy of the model on the same device: more than one where "
+                    "one process's Kafka and result work cannot keep the device busy. Each "
+                    "has its own transactional id and static member id, <id>-<n>; /metrics on "
+                    "--metrics-port covers them all.")
     max_batch_pairs: int = Field(
         4096, ge=1, json_schema_extra=_meta("N"),
-        description="Most pairs the inference stage takes into one batch. It takes whatever "
-                    "is queued when the model is free (continuous batching: under light load a "
-                    "batch is what has arrived, under load it grows to this); the messages of "
-                    "one poll (--consume-batch) are never split.")
+        description="Most pairs the inference stage takes into one batch: whatever is "
+                    "queued when the model is free, up to this (the messages of one poll are "
+                    "never split).")
     max_inflight: int = Field(
         20_000, ge=1,
         description="Most requests read but not yet answered; beyond it the worker pauses its "
@@ -372,6 +727,15 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         None, ge=0, le=65535,
         description="Serve Prometheus /metrics and /healthz, /readyz on this port (0 picks a "
                     "free one).", json_schema_extra=_meta("PORT"))
+    metrics_host: str = Field(
+        "0.0.0.0",
+        description="Address --metrics-port listens on: 0.0.0.0, every IPv4 interface (what "
+                    "Kubernetes probes and a Prometheus scraping the pod need); 127.0.0.1, "
+                    "this host only; ::, every IPv6 interface.",
+        json_schema_extra=_meta("ADDRESS"))
+
+    _host_is_an_address = field_validator("metrics_host")(_ip_address)
+
     liveness_timeout: float = Field(
         60.0, gt=0,
         description="/healthz fails once the Kafka loop has not ticked for this many seconds, "
@@ -390,22 +754,70 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         return f"{self.group_id}-{self.group_instance_id or socket.gethostname()}"
 
 
-class ProduceSettings(_ProducerConfig, _InputTopic, KafkaClientSettings):
-    """`mgeo produce FILE|-`: publish address pairs from CSV or JSONL."""
+class _PairInput(Base):
+    """How a file of pairs is read (see docs/inputs.md)."""
+
+    cli_group: ClassVar[str] = IO
+
+    format: Literal["auto", "csv", "tsv", "jsonl", "xlsx"] = Field(
+        "auto", description="Input format; auto goes by the file's extension (.csv, .tsv, "
+                            ".jsonl, .xlsx; stdin is sniffed).")
+    encoding: str = Field(
+        "auto", description="Text encoding of the input; auto reads UTF-8 (with or without a "
+                            "BOM) and GB18030/GBK, what Chinese Excel and database exports "
+                            "write. A codec name forces one (big5, utf-16...).",
+        json_schema_extra=_meta("NAME"))
+    columns: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Which columns hold the id and the two addresses, where the header's names "
+                    "are not among those recognised (docs/inputs.md), e.g. --columns "
+                    "id=编号,addr1=原地址,addr2=新地址. Other columns go to meta.",
+        json_schema_extra=_meta("ROLE=COLUMN,..."))
+    id_from_row: bool = Field(
+        False, description="Use row numbers as ids (row-N: line N of the file, row N of the "
+                           "sheet), for a table without an id column.")
+
+    _split_columns = field_validator("columns", mode="before")(_key_values)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        from mgeo.readers import check_encoding
+
+        return check_encoding(v)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_roles(cls, v: dict[str, str]) -> dict[str, str]:
+        from mgeo.readers import parse_columns
+
+        return parse_columns(v)
+
+
+class ProduceSettings(_PairInput, _ProducerConfig, _InputTopic, KafkaClientSettings):
+    """`mgeo produce FILE|-`: publish address pairs from CSV, TSV, JSONL or Excel."""
+
+    cli_group: ClassVar[str] = IO
 
     input: CliPositionalArg[str] = Field(
-        "-", description="CSV (header id,addr1,addr2; other columns go to meta) or JSONL file; "
-                         "- reads stdin.")
-    format: Literal["auto", "csv", "jsonl"] = Field(
-        "auto", description="Input format; auto goes by the file extension (stdin: sniffed).")
+        "-", description="CSV, TSV or Excel .xlsx file (a header naming the id and address "
+                         "columns; other columns go to meta), or JSONL; - reads stdin.")
+    start_line: int = Field(
+        1, ge=1, description="Publish the rows from this line of the input on (the header is "
+                             "still read): to resume from the line a failed or interrupted run "
+                             "names.", json_schema_extra=_meta("LINE"))
     progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
 
 
 class CollectSettings(_ConsumerConfig, _OutputTopic, KafkaClientSettings):
     """`mgeo collect`: read the results topic into a CSV or JSONL file."""
 
+    cli_group: ClassVar[str] = IO
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {CONSUMER_GROUP: ("collect_group_id",)}
+
     out: Path = Field(Path("results.csv"),
-                      description="Output file; .csv or .jsonl picks the format.")
+                      description="Output file; its extension picks the format: .csv, .tsv, "
+                                  ".jsonl or .xlsx.")
     expect: int | None = Field(
         None, ge=1, description="Stop after this many distinct ids.")
     timeout: float = Field(
@@ -421,7 +833,9 @@ class CollectSettings(_ConsumerConfig, _OutputTopic, KafkaClientSettings):
 
 
 class BrokerSettings(Base):
-    """`mgeo broker`: a Kafka-compatible broker (Tansu, in memory) on loopback."""
+    """`mgeo broker`: an embedded Kafka-compatible broker, in memory, on loopback."""
+
+    cli_group: ClassVar[str] = BROKER
 
     port: int = Field(9092, ge=0, le=65535, description="Port to listen on (0 picks a free one).",
                       json_schema_extra=_meta("PORT"))
@@ -429,23 +843,33 @@ class BrokerSettings(Base):
                       json_schema_extra=_meta("ADDRESS"))
 
 
-class DemoSettings(_Precision, _Device, _ModelPath):
+class DemoSettings(_PairInput, _Precision, _Device, _LabelMap, _ModelPath):
     """`mgeo demo`: broker, topics, worker, producer and collector, end to end, on this machine."""
 
-    out: Path = Field(Path("mgeo-demo-results.csv"), description="Where the results CSV goes.")
+    cli_group: ClassVar[str] = DEMO
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {IO: ("out", "input")}
+
+    out: Path = Field(Path("mgeo-demo-results.csv"),
+                      description="Where the results go; .csv, .tsv, .jsonl or .xlsx.")
     input: Path | None = Field(
-        None, description="Pairs to publish (CSV/JSONL). Default: the bundled sample.")
+        None, description="Pairs to publish (CSV, TSV, JSONL or .xlsx). Default: the bundled "
+                          "sample.")
     partitions: int = Field(4, ge=1, description="Partitions of the demo topics.")
     timeout: float = Field(600.0, gt=0, description="Give up after this many seconds.",
                            json_schema_extra=_meta("SECONDS"))
 
 
-class ScoreSettings(ModelSettings):
-    """`mgeo score`: score a CSV/JSONL file offline with the same engine, no Kafka."""
+class ScoreSettings(_PairInput, ModelSettings):
+    """`mgeo score`: score a file of pairs offline with the same engine, no Kafka."""
+
+    cli_group: ClassVar[str] = IO
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {BATCHING: ("chunk_pairs",)}
 
     input: Path = Field(..., validation_alias=AliasChoices("in", "mgeo_in"),
-                        description="CSV (id,addr1,addr2) or JSONL file of pairs.")
-    out: Path = Field(..., description="Output file; .csv or .jsonl picks the format.")
+                        description="CSV, TSV or Excel .xlsx file of pairs (a header naming the "
+                                    "id and address columns), or JSONL; - reads stdin.")
+    out: Path = Field(..., description="Output file; its extension picks the format: .csv, "
+                                       ".tsv, .jsonl or .xlsx.")
     progress: bool = Field(True, description="Show a progress bar when stderr is a terminal.")
     chunk_pairs: int = Field(
         4096, ge=1,
@@ -460,8 +884,15 @@ warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarn
 class BenchSettings(EngineSettings):
     """`mgeo bench`: the reference loop against the engine, same pairs, same model."""
 
+    cli_group: ClassVar[str] = BENCHMARK
+
     pairs: int = Field(2000, ge=32, description="Pairs to score in each configuration.")
     seed: int = Field(0, description="Seed of the synthetic pairs and random model.")
+    pairs_from: Literal["traffic", "synth"] = Field(
+        "traffic",
+        description="Where the pairs come from: traffic, unlabelled pairs with real traffic's "
+                    "lengths that every install ships (mgeo.traffic); synth, the labelled "
+                    "training generator (needs the training extra).")
     json: bool = Field(False, description="Print one JSON object instead of a table.")
     plot: Path | None = Field(
         Path("bench.png"), description="Where the PNG plot goes (empty to skip).")
@@ -500,12 +931,27 @@ class BenchSettings(EngineSettings):
     max_batch_pairs: int = Field(
         4096, ge=1, json_schema_extra=_meta("N"),
         description="--host-path: pairs per engine call, as the worker hands them over.")
+    memory_pressure: bool = Field(
+        False,
+        description="Instead, drill the adaptive token budget on real GPU memory: start from an "
+                    "oversized budget (--token-budget, default 4x the start-up one) with the "
+                    "GPU nearly full, so that batches run out of memory; every pair must still "
+                    "be scored as without pressure, the budget must shrink, then regrow once "
+                    "the memory is back.")
+    simulate_gpu: bool = Field(
+        False,
+        description="Run on a GPU simulated on the CPU (CUDA's rules, fp16, 256 MiB of memory "
+                    "with the caching allocator's bookkeeping) instead of --device: what "
+                    "bench/gpu-run --cpu uses to rehearse the GPU steps. Slow: fp16 on a CPU.")
 
     _split_processes = field_validator("processes_list", mode="before")(_split_commas)
 
 
 class ConvertSettings(Base):
     """`mgeo convert SRC DST`: a ModelScope MGeo checkpoint to a Hugging Face directory."""
+
+    cli_group: ClassVar[str] = IO
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {MODEL: ("labels",)}
 
     src: CliPositionalArg[Path] = Field(..., description="ModelScope MGeo checkpoint directory.")
     dst: CliPositionalArg[Path] = Field(
@@ -522,6 +968,9 @@ class ConvertSettings(Base):
 class SynthSettings(Base):
     """`mgeo synth`: labelled synthetic Chinese address pairs for training and tests."""
 
+    cli_group: ClassVar[str] = SYNTH
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {IO: ("out",)}
+
     out: Path = Field(Path("pairs.csv"), description="Output CSV or JSONL file.")
     pairs: int = Field(20_000, ge=1, description="Number of pairs.")
     seed: int = Field(0, description="Random seed; the same seed gives the same file.")
@@ -529,6 +978,13 @@ class SynthSettings(Base):
 
 class TrainSettings(_MaxLength, _Device, _ModelPath):
     """`mgeo train`: fine-tune a sequence-classification model on labelled pairs."""
+
+    cli_group: ClassVar[str] = TRAINING
+    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        IO: ("data", "synth", "out", "plot"),
+        MODEL: ("model", "base", "threads"),
+        FRESH_MODEL: ("layers", "hidden", "heads", "intermediate", "dropout"),
+    }
 
     data: Path | None = Field(
         None, description="CSV/JSONL of labelled pairs (id,addr1,addr2,label); or use --synth.")

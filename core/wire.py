@@ -19,6 +19,23 @@ and when a request has a usable id but cannot be scored::
 
 A message without a usable id goes to the dead-letter topic with its value unchanged and
 headers (`mgeo.dlq.*`, `mgeo.source.*`) naming the reason and where it came from.
+
+Result files (`mgeo score`, `mgeo collect`, `mgeo demo`; written by `mgeo.writers`) hold the
+same results, so identical results give identical files:
+
+- JSONL: one result value a line, exactly as the worker publishes it.
+- CSV and TSV: the columns `RESULT_COLUMNS_HEAD`, one `prob_<label>` per label of the model (in
+  the model's label order), then `RESULT_COLUMNS_TAIL`:
+
+  ``id, label, score, prob_<label>..., truncated, error_code, error_message, model, meta``
+
+  Numbers are written as JSON writes them (shortest text that reads back the same float),
+  `truncated` as `true`/`false`; the columns a row does not have are empty (an error row has
+  no label, score, probabilities or truncated; a scored row no error). `meta` holds the
+  request's metadata as one JSON value (empty when the request sent none), so no metadata
+  key, an input column named `label` say, can ever clash with a result column.
+- Excel .xlsx: the CSV's columns, with scores and probabilities as numbers and `truncated` as
+  a boolean, so a spreadsheet sorts and filters them.
 """
 
 from __future__ import annotations
@@ -257,6 +274,51 @@ def parse_result(value: bytes | str | Mapping[str, Any]) -> Result:
     return Result(**common, score=float(score), label=obj.get("label"),
                   probs={str(k): float(v) for k, v in probs.items()},
                   truncated=bool(obj.get("truncated", False)))
+
+
+RESULT_COLUMNS_HEAD = ("id", "label", "score")
+RESULT_COLUMNS_TAIL = ("truncated", "error_code", "error_message", "model", "meta")
+
+
+def result_columns(labels: Iterable[str]) -> list[str]:
+    """The header of a result table for a model with `labels` (in its id order)."""
+    return [*RESULT_COLUMNS_HEAD, *(f"prob_{lab}" for lab in labels), *RESULT_COLUMNS_TAIL]
+
+
+def result_row(res: Mapping[str, Any]) -> dict[str, str]:
+    """A result object as a table row: every value a string, absent ones empty."""
+    row = dict.fromkeys((*RESULT_COLUMNS_HEAD, *RESULT_COLUMNS_TAIL), "")
+    row["id"] = _text(res.get("id"))
+    row["model"] = _text(res.get("model"))
+    err = res.get("error")
+    if isinstance(err, dict):
+        row["error_code"] = _text(err.get("code"))
+        row["error_message"] = _text(err.get("message"))
+    else:
+        row["label"] = _text(res.get("label"))
+        row["score"] = _number(res.get("score"))
+        if "truncated" in res:
+            row["truncated"] = "true" if res["truncated"] else "false"
+        for lab, p in (res.get("probs") or {}).items():
+            row[f"prob_{lab}"] = _number(p)
+    if "meta" in res:
+        row["meta"] = orjson.dumps(res["meta"]).decode()
+    return row
+
+
+def result_line(res: dict[str, Any] | bytes) -> str:
+    """A result as a JSONL line (no newline): the wire value itself when given bytes."""
+    return (res if isinstance(res, bytes) else orjson.dumps(res)).decode()
+
+
+def _text(x: Any) -> str:
+    return "" if x is None else str(x)
+
+
+def _number(x: Any) -> str:
+    if x is None or isinstance(x, bool):
+        return ""
+    return orjson.dumps(x).decode() if isinstance(x, (int, float)) else str(x)
 
 
 def dlq_headers(reason: str, detail: str, topic: str, partition: int, offset: int,

@@ -7,12 +7,18 @@ Outputs (committed: compose and the chart read the files, not this script):
 
     deploy/alerts.yml                                  Prometheus rule file (compose mounts it)
     deploy/grafana/dashboards/mgeo-worker.json         Grafana dashboard (compose provisions it)
-    helm/mgeo-worker/files/alerts.yml                  the same rules, for the chart's PrometheusRule
+    helm/mgeo-worker/files/alerts.yml                  the same rules, for the chart's PrometheusRule,
+                                                       its wiring left as placeholders (CHART)
     helm/mgeo-worker/files/mgeo-worker-dashboard.json  the same dashboard, for the chart's ConfigMap
 
 The alert rules' unit tests are deploy/alerts.test.yml (`promtool test rules`). Every alert and
 every dashboard query is also evaluated against a real Prometheus scraping a real worker in
 tests/test_monitoring.py, so a renamed metric cannot leave a panel or an alert silently empty.
+Every alert links its section of docs/operations.md (`runbook_url`).
+
+Two groups: `mgeo-worker` reads what the workers publish; `mgeo-fleet` notices workers that
+are gone, so it cannot: it reads the input topic's lag from kafka-exporter and the workers'
+`up` series, which depend on the deployment (Wiring: compose's below, the chart's from values).
 
 Labels: the rules aggregate `by (namespace, job)`, the fleet as one consumer group. In compose
 `job` is `mgeo-worker` and there is no `namespace`; in Kubernetes (ServiceMonitor) `job` is the
@@ -53,7 +59,6 @@ class Alert:
     summary: str
     description: str
     labels: dict = field(default_factory=dict)
-    runbook: str = ""  # anchor of its section in docs/operations.md
 
 
 _LAG = f"sum by ({FLEET}) (mgeo_consumer_lag_total)"
@@ -128,30 +133,93 @@ ALERTS: tuple[Alert, ...] = (
         "none of them for --liveness-timeout seconds, though it is not paused by "
         "back-pressure: their requests go unanswered while its loop and /readyz look fine. "
         "/healthz fails, so Kubernetes restarts it; elsewhere restart it, and keep its log "
-        "(its error line names the partitions).",
-        runbook="worker-not-reading"),
+        "(its error line names the partitions)."),
 )
 
 
-def rule_file() -> dict:
+# ---- alerts for a fleet that is gone ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the `mgeo-fleet` rules select, which only the deployment knows."""
+
+    workers: str    # label matchers of the workers' scrape targets (their `up` series)
+    input_lag: str  # PromQL: the group's lag on the input topic, from something not the workers
+    lag_floor: str  # lag at or under which no worker need run (KEDA's activation threshold)
+    runbooks: str   # where docs/operations.md is served; each alert links its section
+
+
+# Compose: the `mgeo-worker` scrape job of deploy/prometheus.yml and the kafka-exporter service.
+COMPOSE = Wiring(
+    workers='job="mgeo-worker"',
+    input_lag='sum(kafka_consumergroup_lag_sum{consumergroup="mgeo-workers", '
+              'topic="address-pairs"})',
+    lag_floor="0",
+    runbooks="docs/operations.md")
+# The chart's copy: templates/prometheusrule.yaml replaces each with what its values give.
+CHART = Wiring("__MGEO_WORKERS__", "__MGEO_INPUT_LAG__", "__MGEO_LAG_FLOOR__",
+               "__MGEO_RUNBOOKS__")
+
+
+def fleet_alerts(w: Wiring) -> tuple[Alert, ...]:
+    """Alerts that must fire when no worker publishes anything: none of their data comes from
+    a worker's /metrics."""
+    up = f"up{{{w.workers}}}"
+    return (
+        Alert(
+            "MgeoWorkersAbsent", (f"{up} == 1",),
+            f"({w.input_lag}) > {w.lag_floor} unless on() ({up} == 1)", "10m", "critical",
+            "No MGeo worker is running while {{ $value | humanize }} messages wait",
+            "The consumer group has a lag of {{ $value | humanize }} messages on the input "
+            "topic (read from Kafka, not from the workers) and for 10 minutes no worker has "
+            "answered a scrape: nothing is scoring. The workers are scaled to zero, crash before "
+            "their metrics server starts, cannot be scheduled, or are not scraped."),
+        Alert(
+            "MgeoWorkerScrapeFailing", (up,),
+            f"{up} == 0", "15m", "warning",
+            "Prometheus cannot scrape MGeo worker {{ $labels.instance }}",
+            "The worker's /metrics has not answered for 15 minutes, longer than a model load "
+            "may take: it is crash-looping, stuck before its metrics server starts, or its "
+            "metrics port is unreachable. Its partitions may sit unread."),
+    )
+
+
+def all_alerts(w: Wiring = COMPOSE) -> tuple[Alert, ...]:
+    return ALERTS + fleet_alerts(w)
+
+
+def runbook_anchor(name: str) -> str:
+    """The section of docs/operations.md an alert links: its `### Name` heading's anchor."""
+    return name.lower()
+
+
+def _rules(alerts: tuple[Alert, ...], w: Wiring) -> list[dict]:
     rules = []
-    for a in ALERTS:
+    for a in alerts:
         rule: dict = {"alert": a.name, "expr": a.expr}
         if a.for_ != "0s":
             rule["for"] = a.for_
         rule["labels"] = {"severity": a.severity, **a.labels}
-        rule["annotations"] = {"summary": a.summary, "description": a.description}
-        if a.runbook:
-            rule["annotations"]["runbook_url"] = f"docs/operations.md#{a.runbook}"
+        rule["annotations"] = {"summary": a.summary, "description": a.description,
+                               "runbook_url": f"{w.runbooks}#{runbook_anchor(a.name)}"}
         rules.append(rule)
-    return {"groups": [{"name": "mgeo-worker", "rules": rules}]}
+    return rules
 
 
-def rule_file_text() -> str:
+def rule_file(w: Wiring = COMPOSE) -> dict:
+    return {"groups": [{"name": "mgeo-worker", "rules": _rules(ALERTS, w)},
+                       {"name": "mgeo-fleet", "rules": _rules(fleet_alerts(w), w)}]}
+
+
+def rule_file_text(w: Wiring = COMPOSE) -> str:
     head = ("# Alerting rules of the MGeo worker fleet. GENERATED by deploy/monitoring.py: edit "
             "it there and\n# run `python deploy/monitoring.py`. Unit tests: "
             "deploy/alerts.test.yml (`promtool test rules`).\n")
-    return head + yaml.safe_dump(rule_file(), sort_keys=False, allow_unicode=True, width=10_000)
+    if w == CHART:
+        head += ("# The chart's copy: templates/prometheusrule.yaml replaces the __MGEO_*__ "
+                 "placeholders with what its values give.\n")
+    return head + yaml.safe_dump(rule_file(w), sort_keys=False, allow_unicode=True,
+                                 width=10_000)
 
 
 # ---- dashboard ----------------------------------------------------------------------------------
@@ -360,11 +428,11 @@ def dashboard_queries(board: dict) -> list[tuple[str, str]]:
 # ---- outputs ------------------------------------------------------------------------------------
 
 def outputs() -> dict[Path, str]:
-    rules, board = rule_file_text(), dashboard_text()
+    board = dashboard_text()
     return {
-        DEPLOY / "alerts.yml": rules,
+        DEPLOY / "alerts.yml": rule_file_text(COMPOSE),
         DEPLOY / "grafana" / "dashboards" / "mgeo-worker.json": board,
-        CHART_FILES / "alerts.yml": rules,
+        CHART_FILES / "alerts.yml": rule_file_text(CHART),
         CHART_FILES / "mgeo-worker-dashboard.json": board,
     }
 

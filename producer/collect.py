@@ -18,10 +18,11 @@ from typing import Any, Callable
 from confluent_kafka import KafkaException, TopicPartition
 from tqdm import tqdm
 
-from mgeo.files import InputError, write_results
+from mgeo.readers import InputError
 from mgeo.kafka import KafkaUnavailable
 from mgeo.producer.results import ResultReader
 from mgeo.settings import CollectSettings
+from mgeo.writers import check_output, write_results
 
 log = logging.getLogger("mgeo.collect")
 
@@ -98,7 +99,12 @@ class Collector:
 
 
 def run(s: CollectSettings) -> int:
-    """`mgeo collect`."""
+    """`mgeo collect`: --out is checked before the topic is read."""
+    try:
+        check_output(s.out)
+    except InputError as exc:
+        print(f"mgeo collect: {exc}", file=sys.stderr)
+        return 2
     try:
         collector = Collector(s.client_config("consumer"), s.output_topic, s.collect_group_id,
                               s.from_beginning)
@@ -122,9 +128,10 @@ def run(s: CollectSettings) -> int:
     try:
         n = write_results(s.out, collector.results.values(), collector.labels)
     except InputError as exc:
-        print(f"mgeo collect: {exc}", file=sys.stderr)
+        print(f"mgeo collect: {exc}; nothing committed, the results stay on the topic",
+              file=sys.stderr)
         collector.close()
-        return 2
+        return 1
     collector.commit()
     collector.close()
     errors = sum(1 for r in collector.results.values() if "error" in r)

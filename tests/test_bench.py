@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
 from mgeo.tools.cli import main  # noqa: E402
-from mgeo.tools.bench import _builtin_pairs  # noqa: E402
 from mgeo.tools.models import build_random_model  # noqa: E402
 
 KEYS = {"device", "precision", "pairs", "baseline_pairs_per_s", "engine_pairs_per_s", "ratio",
@@ -67,17 +65,6 @@ def test_bench_rejects_fp16_on_cpu(tiny, capsys):
     assert "cuda only" in capsys.readouterr().err
 
 
-def test_builtin_generator_follows_the_real_length_distribution():
-    rows = _builtin_pairs(20_000, seed=1)
-    # The char tokenizer makes one token a character; + CLS and two SEPs.
-    lengths = np.array([len(r["addr1"]) + len(r["addr2"]) + 3 for r in rows])
-    p50, p90, p95, p99 = np.percentile(lengths, [50, 90, 95, 99])
-    assert 35 <= lengths.mean() <= 38.5
-    assert abs(p50 - 35) <= 1 and abs(p90 - 52) <= 1.5 and abs(p95 - 57) <= 1.5
-    assert abs(p99 - 67) <= 2 and lengths.max() <= 98
-    assert _builtin_pairs(50, seed=1) == rows[:50]
-
-
 def test_bench_profile_writes_a_trace_and_says_what_limits_the_run(tiny, tmp_path, capsys):
     trace = tmp_path / "prof" / "trace.json"
     report = _bench(tiny, capsys, "--plot", "", "--profile", str(trace))
@@ -94,3 +81,40 @@ def test_bench_profile_writes_a_trace_and_says_what_limits_the_run(tiny, tmp_pat
     assert [op["seconds"] for op in ops] == sorted((op["seconds"] for op in ops), reverse=True)
     assert 0 < sum(op["share"] for op in ops) <= 1.0001
     assert p["limit"].startswith("CPU compute") and ops[0]["op"] in p["limit"]
+
+
+def test_bench_on_a_gpu_reports_fp16_against_fp32_and_peak_memory(tiny, capsys):
+    """On a GPU (simulated here: the engine takes every GPU branch) the reference runs in
+    fp16 as scripts do, and the same pairs also go through the model in fp32."""
+    report = _bench(tiny, capsys, "--simulate-gpu", "--plot", "")
+    assert (report["device"], report["precision"], report["reference_precision"]) == (
+        "cuda", "fp16", "fp16")
+    v = report["vs_fp32"]
+    assert 0 < v["max_abs_score_diff"] < 1e-2 and 0.9 <= v["label_agreement"] <= 1
+    assert v["label_disagreements"] == round((1 - v["label_agreement"]) * report["pairs"])
+    assert report["peak_memory_bytes"] > 0
+    assert report["batch_layout"] == "padded" and report["lanes"] == 1
+
+
+def test_bench_in_fp32_has_nothing_to_compare_with_fp32(tiny, capsys):
+    report = _bench(tiny, capsys, "--plot", "")
+    assert "vs_fp32" not in report and report["peak_memory_bytes"] is None
+
+
+def test_memory_pressure_drill_shrinks_retries_and_regrows(tiny, capsys):
+    code = main(["bench", "--memory-pressure", "--simulate-gpu", "--precision", "fp32",
+                 "--model", str(tiny), "--pairs", "64", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] and report["simulated"]
+    pressed = report["pressed"]
+    assert pressed["oom_retries"] >= 1 and pressed["complete"]
+    assert pressed["label_agreement"] == 1.0
+    assert report["oversized_budget"] == 4 * report["start_budget"]
+    assert report["budget_min"] < report["start_budget"] and report["regrew"]
+    assert all(p["complete"] for p in report["regrow"])
+
+
+def test_memory_pressure_needs_a_gpu(tiny, capsys):
+    assert main(["bench", "--memory-pressure", "--device", "cpu", "--model", str(tiny),
+                 "--pairs", "64"]) == 2
+    assert "--simulate-gpu" in capsys.readouterr().err

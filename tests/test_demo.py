@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mgeo.tools.demo import _summary, model_record, sample_path
-from mgeo.files import read_rows
+from mgeo.readers import read_rows
 
 
 @pytest.mark.broker

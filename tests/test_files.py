@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from mgeo import wire
-from mgeo.files import (ResultWriter, count_rows, read_rows, result_columns, result_row,
-                        write_results)
+from mgeo.readers import count_rows, read_rows
+from mgeo.wire import result_columns, result_row
+from mgeo.writers import ResultWriter, write_results
 from mgeo.tools.cli import main
 from mgeo.tools.demo import sample_path
 
@@ -112,7 +113,7 @@ def test_score_writes_the_models_label_not_the_inputs(tmp_path, capsys):
 
 
 def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
-    from mgeo.files import atomic_directory
+    from mgeo.writers import atomic_directory
 
     dst = tmp_path / "model"
     with atomic_directory(dst) as tmp:

@@ -1,10 +1,15 @@
-"""bench/gpu-run's parts on a CPU: the script parses, and the report it writes renders the real
-JSON of each benchmark (tiny sizes here; the GPU sizes only change numbers)."""
+"""bench/gpu-run cannot waste the GPU window: a failed step fails the run and is named, a machine
+that is not ready stops it at once, a run killed mid-way leaves valid results, and the report
+renders the real JSON of every step with the issue's goals marked (tiny sizes here; the GPU
+sizes only change numbers). The whole run, as the GPU machine runs it, is
+tests/test_gpu_rehearsal.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +19,7 @@ import pytest
 from mgeo.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+WAIT = 240  # a bound on a gpu-run of one or two quick steps, never a duration asserted
 
 
 def _report_module():
@@ -23,42 +29,129 @@ def _report_module():
     return module
 
 
-def test_the_script_parses():
-    subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu-run")], check=True)
-    subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu-wheels")], check=True)
+def test_the_scripts_parse():
+    for script in ("bench/gpu-run", "bench/gpu-wheels", ".ci/gpu-rehearsal"):
+        subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+
+
+def _gpu_run(out: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(ROOT / "bench" / "gpu-run"), *args, str(out)],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _results(out: Path) -> tuple[dict, str]:
+    return json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_machine_that_is_not_ready_stops_the_run_at_once(tmp_path):
+    """Here, without a GPU, the cuda run's check fails: nothing else runs."""
+    run = _gpu_run(tmp_path)
+    output, _ = run.communicate(timeout=WAIT)
+    assert run.returncode == 3, output
+    results, md = _results(tmp_path)
+    assert "sees no GPU" in results["check"]["error"]
+    assert [s for s in results["steps"]] == ["check"]
+    assert all(results[s] is None for s in ("engine", "fp16", "e2e", "memory"))
+    assert "| check | **failed**:" in md and "| engine | not run |" in md
+    assert "FAILED steps: check" in output.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_failed_step_fails_the_run_and_is_named(tmp_path):
+    run = _gpu_run(tmp_path, "--cpu", GPU_RUN_STEPS="check fp16", MGEO_REF_BATCH="0")
+    output, _ = run.communicate(timeout=WAIT)
+    assert run.returncode == 1, output
+    assert output.splitlines()[-1].endswith("FAILED steps: fp16")
+    results, md = _results(tmp_path)
+    assert results["check"]["ok"] and "error" not in results["check"]
+    assert results["fp16"]["error"].startswith("exit 2 after")
+    assert "MGEO_REF_BATCH" in results["fp16"]["error"]  # what the step itself said
+    assert "| fp16 | **failed**: exit 2" in md
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_leaves_valid_results(tmp_path):
+    run = _gpu_run(tmp_path, "--cpu", GPU_RUN_STEPS="check fp16")
+    try:
+        for line in run.stdout:  # the run's own log: kill it as soon as fp16 has started
+            if "step fp16 (at most" in line:
+                os.killpg(run.pid, signal.SIGKILL)
+                break
+        run.wait(WAIT)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == -signal.SIGKILL
+    results, md = _results(tmp_path)
+    assert results["check"]["ok"]
+    assert results["fp16"] == {"error": "did not finish: the run stopped during this step"}
+    assert "| fp16 | **failed**: did not finish" in md and "| e2e | not run |" in md
+    assert len(list(tmp_path.iterdir())) <= 8  # what the device tool brings back
+
+
+def test_goals_are_marked_met_not_met_or_not_measured():
+    report = _report_module()
+    r = {"engine": {"engine_vs_model_only": 0.95, "engine_pairs_per_s": 950.0,
+                    "model_only_pairs_per_s": 1000.0},
+         "fp16": {"pairs": 20000, "vs_fp32": {"label_agreement": 0.9985,
+                                              "label_disagreements": 30}},
+         "e2e": {"workers": [{"processes": 1, "pairs_per_s": 31000.0, "complete": False,
+                              "answers": 5}]}}
+    met = [m for _, _, m in report.goals(r)]
+    assert met == [False, True, False]  # an incomplete run never meets the goal
+    r["e2e"]["workers"][0].update(complete=True, answers=200000)
+    assert [m for _, _, m in report.goals(r)] == [True, True, False]
+    assert [m for _, _, m in report.goals({})] == [None, None, None]
 
 
 def _bench_json(capsys, *args: str) -> dict:
-    assert main(["bench", "--json", "--plot", "", "--device", "cpu", *args]) == 0
-    return json.loads(capsys.readouterr().out)
+    code = main(["bench", "--json", "--plot", "", *args])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0, data
+    return data
 
 
 @pytest.mark.broker
 @pytest.mark.slow
 def test_the_report_renders_every_step(tiny_model, tmp_path, capsys):
+    model = ("--model", str(tiny_model))
     steps = {
-        "versions": {"device": "cpu", "device_name": "test", "cpu": "test", "cores": 2,
-                     "python": sys.version.split()[0], "torch": "x", "cuda": None,
-                     "transformers": "x", "tokenizers": "x", "librdkafka": "x"},
-        "engine": _bench_json(capsys, "--model", str(tiny_model), "--pairs", "64",
+        "check": {"ok": True, "device": "cpu", "device_name": "test", "cpu": "test",
+                  "cores": 2, "python": sys.version.split()[0],
+                  "versions": {"torch": "x", "cuda": None, "transformers": "x",
+                               "tokenizers": "x", "librdkafka": "x"}},
+        "engine": _bench_json(capsys, "--device", "cpu", *model, "--pairs", "64",
                               "--batch-layout", "padded"),
-        "packed": _bench_json(capsys, "--model", str(tiny_model), "--pairs", "64",
+        "fp16": _bench_json(capsys, "--simulate-gpu", *model, "--pairs", "32"),
+        "memory": _bench_json(capsys, "--memory-pressure", "--simulate-gpu", *model,
+                              "--precision", "fp32", "--pairs", "64"),
+        "packed": _bench_json(capsys, "--device", "cpu", *model, "--pairs", "64",
                               "--batch-layout", "packed"),
-        "host": _bench_json(capsys, "--host-path", "--model", str(tiny_model), "--pairs", "2000",
+        "host": _bench_json(capsys, "--host-path", "--device", "cpu", *model, "--pairs", "2000",
                             "--processes-list", "1"),
-        "latency": _bench_json(capsys, "--latency", "--model", str(tiny_model),
+        "latency": _bench_json(capsys, "--latency", "--device", "cpu", *model,
                                "--e2e-pairs", "600", "--phase-seconds", "1.5"),
-        "e2e": {"error": "exit code 124 after 110 s (timeout 110 s)"},  # a step that failed
+        "e2e": {"error": "timed out after 110 s"},  # a step that failed
     }
     for name, data in steps.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
-    assert _report_module().main(tmp_path) == 0
+    (tmp_path / "steps.tsv").write_text("check\t3\tok\ne2e\t110\tfailed (exit 124)\n")
+    assert _report_module().main(tmp_path, tmp_path) == 0
     md = (tmp_path / "results.md").read_text()
     assert "## 1. Engine vs the common loop" in md and "model only" in md
-    assert "| engine, --batch-layout packed (packed, max score diff" in md
-    assert "| worker, 1 process(es), 2000 pairs |" in md
-    assert "## 3. One worker end to end, BERT-base\n\nfailed: exit code 124" in md
+    assert "| engine, --batch-layout packed |" in md
+    assert "fp16 against fp32 (random weights" not in md  # the engine ran in fp32
+    assert "## 2. fp16 against fp32 on the same real-length pairs\n\n" in md
+    assert "label agreement" in md.split("## 2.")[1].split("## 3.")[0]
+    assert "## 3. One worker end to end, BERT-base\n\nfailed: timed out" in md
+    assert "| pressed |" in md and "Shrank on a real out-of-memory error: True" in md
+    assert "| worker, 1 process(es), 2,000 pairs |" in md
     assert md.count("| 10% |") == 1 and "| 67% |" in md
+    assert "| e2e | **failed**: timed out after 110 s | 110 s |" in md
+    assert "| one worker end to end, BERT-base fp16 >= 30,000 pairs/s | not measured |" in md
     merged = json.loads((tmp_path / "results.json").read_text())
     assert merged["host"]["workers"][0]["complete"] is True
-    assert merged["latency"]["capacity_pairs_per_s"] > 0
+    assert merged["memory"]["ok"] and merged["fp16"]["vs_fp32"]["label_agreement"] > 0.9
+    assert [g["met"] for g in merged["goals"]][0] is None

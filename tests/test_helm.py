@@ -33,8 +33,10 @@ CHART = ROOT / "helm" / "mgeo-worker"
 K8S_VERSION = "1.33"
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 # API versions of the custom resources, as discovery lists them (group/version/Kind).
+# KEDA also registers the external metrics API (its metrics server), serving its ScaledObjects.
+EXTERNAL_METRICS_API = ["external.metrics.k8s.io/v1beta1"]
 KEDA_API = ["keda.sh/v1alpha1", "keda.sh/v1alpha1/ScaledObject",
-            "keda.sh/v1alpha1/TriggerAuthentication"]
+            "keda.sh/v1alpha1/TriggerAuthentication"] + EXTERNAL_METRICS_API
 PROMETHEUS_OPERATOR_API = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor",
                            "monitoring.coreos.com/v1/PrometheusRule"]
 FULL_CLUSTER = KEDA_API + PROMETHEUS_OPERATOR_API
@@ -49,6 +51,7 @@ SCENARIOS = {
                                       "extraMetadata": {"sasl": "scram_sha512", "tls": "enable"},
                                       "fallbackReplicas": 2}}},
     "hpa": {"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 6}},
+    "hpa on lag": {"autoscaling": {"mode": "hpa", "hpa": {"metric": "lag"}}},
     "none": {"autoscaling": {"mode": "none"}, "replicaCount": 3},
     "cpu": {"gpu": {"enabled": False}, "worker": {"precision": "int8"},
             "resources": {"requests": {"cpu": "4", "memory": "4Gi"}}},
@@ -416,6 +419,17 @@ def test_gpu_off_runs_on_cpu(chart):
     assert all(t.get("key") != GPU for t in tolerations)
 
 
+def test_gpu_count_is_gone_but_an_old_values_file_still_installs(chart):
+    """A worker process drives one GPU, so a pod gets exactly one; gpu.count: 1 from an older
+    values file is what happens anyway, any other count is refused with the reason."""
+    assert "count" not in chart.values["gpu"]
+    docs = render(chart, {"gpu": {"count": 1}})
+    assert container(docs)["resources"]["limits"][GPU] == 1
+    with pytest.raises(helm.HelmRenderError, match=re.escape("gpu.count (4) was removed")) as e:
+        render_raw(chart, {"gpu": {"count": 4}})
+    assert "adding replicas" in str(e.value)
+
+
 def test_gpu_count_placement_and_user_tolerations(chart):
     docs = render(chart, SCENARIOS["everything"])
     pod = workload(docs)["spec"]["template"]["spec"]
@@ -519,6 +533,47 @@ def test_hpa_is_autoscaling_v2(chart):
         "target": {"type": "AverageValue", "averageValue": "10000"}}}]
     docs = render(chart, {"autoscaling": {"mode": "hpa", "hpa": {"metrics": external}}})
     assert one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"] == external
+
+
+def hpa_metrics(chart, values: dict, api_versions: list[str]) -> list[dict]:
+    return one(render(chart, {"autoscaling": {"mode": "hpa", **values}}, api_versions),
+               "HorizontalPodAutoscaler")["spec"]["metrics"]
+
+
+LAG_METRIC = [{"type": "External", "external": {
+    "metric": {"name": "kafka_consumergroup_lag_sum",
+               "selector": {"matchLabels": {"consumergroup": "mgeo-workers",
+                                            "topic": "address-pairs"}}},
+    "target": {"type": "AverageValue", "averageValue": "10000"}}}]
+CPU_METRIC = [{"type": "Resource", "resource": {
+    "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+
+
+def test_hpa_scales_on_consumer_lag_where_the_cluster_serves_it(chart):
+    """auto: an External metric of the group's lag where the cluster serves the external
+    metrics API (prometheus-adapter), as KEDA would; CPU where it does not, and where that API
+    is KEDA's (it serves only its own ScaledObjects' metrics)."""
+    adapter = PROMETHEUS_OPERATOR_API + EXTERNAL_METRICS_API
+    assert hpa_metrics(chart, {}, adapter) == LAG_METRIC
+    assert hpa_metrics(chart, {}, PROMETHEUS_OPERATOR_API) == CPU_METRIC
+    assert hpa_metrics(chart, {}, FULL_CLUSTER) == CPU_METRIC
+    assert hpa_metrics(chart, {"hpa": {"metric": "cpu"}}, adapter) == CPU_METRIC
+    assert hpa_metrics(chart, {"hpa": {"metric": "lag"}}, FULL_CLUSTER) == LAG_METRIC
+    notes = render_raw(chart, {"autoscaling": {"mode": "hpa"}}, adapter)
+    assert "on consumer lag" in notes["mgeo-worker/templates/NOTES.txt"]
+    notes = render_raw(chart, {"autoscaling": {"mode": "hpa"}}, [])
+    assert "on CPU (70%)" in notes["mgeo-worker/templates/NOTES.txt"]
+
+
+def test_hpa_lag_metric_follows_the_values(chart):
+    values = {"hpa": {"lag": {"metricName": "kafka_consumer_group_lag", "groupLabel": "group",
+                              "topicLabel": "topic_name", "targetPerReplica": 2500}}}
+    (metric,) = hpa_metrics(chart, values, EXTERNAL_METRICS_API)
+    assert metric["external"] == {
+        "metric": {"name": "kafka_consumer_group_lag",
+                   "selector": {"matchLabels": {"group": "mgeo-workers",
+                                                "topic_name": "address-pairs"}}},
+        "target": {"type": "AverageValue", "averageValue": "2500"}}
 
 
 # ---- disruption budget, metrics -----------------------------------------------------------------
@@ -752,7 +807,7 @@ CROSS_FIELD = {
                                            "fences"),
     "one static member id for many pods": ({"worker": {"secretSettings": {
         "group_instance_id": "w"}}}, "fences"),
-    "two GPUs per pod": ({"gpu": {"count": 2}}, "gpu.count"),
+    "two GPUs per pod": ({"gpu": {"count": 2}}, "gpu.count (2) was removed"),
     "exactly-once on a Deployment": ({"worker": {"delivery": "exactly-once",
                                                  "kind": "Deployment"}}, "StatefulSet"),
     "fixed transactional id in a StatefulSet": (
@@ -846,6 +901,8 @@ MISSING_CRDS = {
                        "metrics.serviceMonitor.enabled needs the Prometheus operator"),
     "PrometheusRule": ({"metrics": {"prometheusRule": {"enabled": True}}}, KEDA_API,
                        "metrics.prometheusRule.enabled needs the Prometheus operator"),
+    "external metrics API": ({"autoscaling": {"mode": "hpa", "hpa": {"metric": "lag"}}},
+                             PROMETHEUS_OPERATOR_API, "needs the external metrics API"),
 }
 
 
@@ -1003,16 +1060,63 @@ def test_processes_in_a_statefulset_keep_their_ids(chart):
 
 # ---- alerts and dashboard -----------------------------------------------------------------------
 
+def _monitoring():
+    from test_monitoring import monitoring
+
+    return monitoring
+
+
 def test_prometheus_rule_is_the_unit_tested_rule_file(chart):
+    """The rules deploy/monitoring.py builds (and deploy/alerts.test.yml unit-tests), wired to
+    this release: its metrics Service's job in its namespace, its group's lag on its topic."""
+    monitoring = _monitoring()
     docs = render(chart, SCENARIOS["everything"])
     rule = one(docs, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "prom"
+    service = next(s["metadata"]["name"] for s in of_kind(docs, "Service")
+                   if s["metadata"]["name"].endswith("-metrics"))
+    wiring = monitoring.Wiring(
+        workers=f'namespace="{NAMESPACE}", job="{service}"',
+        input_lag='sum(kafka_consumergroup_lag_sum{consumergroup="mgeo-workers", '
+                  'topic="address-pairs"})',
+        lag_floor="0", runbooks="docs/operations.md")
+    assert rule["spec"] == monitoring.rule_file(wiring)
     tested = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text(encoding="utf-8"))
-    assert rule["spec"] == tested
+    assert [len(g["rules"]) for g in rule["spec"]["groups"]] == [
+        len(g["rules"]) for g in tested["groups"]]
     # Prometheus' own templates reach the rule as written, not expanded by Helm.
     annotations = [r["annotations"]["summary"] for g in rule["spec"]["groups"]
                    for r in g["rules"]]
     assert any("{{ $labels." in a for a in annotations)
+
+
+def test_fleet_alerts_follow_the_values(chart):
+    """Which targets are this release's workers, where the lag comes from and at what lag no
+    worker need run: from the values, with no placeholder left anywhere."""
+    monitoring = _monitoring()
+    values = {
+        "kafka": {"groupId": "geo-scoring", "inputTopic": "pairs.v2"},
+        "autoscaling": {"minReplicas": 0, "keda": {"activationLagThreshold": 50}},
+        "metrics": {"prometheusRule": {
+            "enabled": True, "workerJob": "kubernetes-pods",
+            "runbookUrl": "https://git.example/mgeo-stream/blob/v0.1.0/docs/operations.md",
+            "lag": {"metric": "kafka_consumer_lag_sum", "groupLabel": "group",
+                    "topicLabel": "topic_name"}}}}
+    spec = one(render(chart, values), "PrometheusRule")["spec"]
+    assert "__MGEO_" not in json.dumps(spec)
+    assert spec == monitoring.rule_file(monitoring.Wiring(
+        workers=f'namespace="{NAMESPACE}", job="kubernetes-pods"',
+        input_lag='sum(kafka_consumer_lag_sum{group="geo-scoring", topic_name="pairs.v2"})',
+        lag_floor="50",
+        runbooks="https://git.example/mgeo-stream/blob/v0.1.0/docs/operations.md"))
+
+    keda_lag = 'sum(keda_scaler_metrics_value{namespace="scoring", scaledObject="scorer"})'
+    values = {"autoscaling": {"mode": "hpa", "keda": {"activationLagThreshold": 50}},
+              "metrics": {"prometheusRule": {"enabled": True, "lag": {"query": keda_lag}}}}
+    (absent,) = [r for g in one(render(chart, values), "PrometheusRule")["spec"]["groups"]
+                 for r in g["rules"] if r["alert"] == "MgeoWorkersAbsent"]
+    # The HPA never scales to zero, so any lag with no worker up is an outage.
+    assert absent["expr"].startswith(f"({keda_lag}) > 0 unless on() ")
 
 
 def test_dashboard_configmap_holds_the_generated_dashboard(chart):

@@ -8,13 +8,15 @@
   empty because a metric is missing or renamed.
 
 promtool and prometheus come from Debian's `prometheus` package (`apt-get install prometheus`;
-.ci/run installs it). Without them these tests fail rather than skip.
+.ci/run, the README's test command, installs it when missing). Without them these tests fail
+rather than skip.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -51,8 +53,8 @@ monitoring = _load_builder()
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run `apt-get install prometheus` (Debian's "
-                    f"package brings prometheus and promtool; .ci/run installs it)")
+        pytest.fail(f"{name} is not installed: run .ci/run, or `apt-get install prometheus` "
+                    f"(Debian's package brings prometheus and promtool)")
     return path
 
 
@@ -76,12 +78,27 @@ def test_builder_check_mode_agrees():
 
 # ---- promtool -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [RULES, ROOT / "helm/mgeo-worker/files/alerts.yml"],
-                         ids=["deploy", "chart"])
-def test_rules_pass_promtool_check(path):
+def chart_rule_file(tmp_path: Path, values: dict | None = None) -> Path:
+    """The rules the chart installs (its PrometheusRule's spec, placeholders filled from its
+    values), as a rule file."""
+    from test_helm import FULL_CLUSTER, render_raw
+
+    import helm_python as helm
+
+    values = {"metrics": {"prometheusRule": {"enabled": True}}, **(values or {})}
+    with helm.Chart.load(ROOT / "helm" / "mgeo-worker") as chart:
+        text = render_raw(chart, values, FULL_CLUSTER)["mgeo-worker/templates/prometheusrule.yaml"]
+    path = tmp_path / "chart-alerts.yml"
+    path.write_text(yaml.safe_dump(yaml.safe_load(text)["spec"]), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("source", ["deploy", "chart"])
+def test_rules_pass_promtool_check(source, tmp_path):
+    path = RULES if source == "deploy" else chart_rule_file(tmp_path)
     done = run_promtool("check", "rules", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(monitoring.ALERTS)} rules found" in done.stdout
+    assert f"SUCCESS: {len(monitoring.all_alerts())} rules found" in done.stdout
 
 
 def test_compose_prometheus_config_passes_promtool(tmp_path):
@@ -93,7 +110,7 @@ def test_compose_prometheus_config_passes_promtool(tmp_path):
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     done = run_promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(monitoring.ALERTS)} rules found" in done.stdout
+    assert f"SUCCESS: {len(monitoring.all_alerts())} rules found" in done.stdout
 
 
 def test_rule_unit_tests_pass():
@@ -126,21 +143,93 @@ def test_every_alert_is_unit_tested_firing_and_quiet():
     for case in tests["tests"]:
         for check in case.get("alert_rule_test", []):
             (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
-    names = {a.name for a in monitoring.ALERTS}
+    names = {a.name for a in monitoring.all_alerts()}
     assert names - fires == set(), f"alerts never shown firing: {names - fires}"
     assert names - quiet == set(), f"alerts never shown quiet: {names - quiet}"
 
 
 def test_rules_file_is_the_alert_definitions():
-    (group,) = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
-    by_name = {r["alert"]: r for r in group["rules"]}
-    assert list(by_name) == [a.name for a in monitoring.ALERTS]
-    for alert in monitoring.ALERTS:
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    assert [(g["name"], [r["alert"] for r in g["rules"]]) for g in groups] == [
+        ("mgeo-worker", [a.name for a in monitoring.ALERTS]),
+        ("mgeo-fleet", [a.name for a in monitoring.fleet_alerts(monitoring.COMPOSE)])]
+    by_name = {r["alert"]: r for g in groups for r in g["rules"]}
+    for alert in monitoring.all_alerts():
         rule = by_name[alert.name]
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         for query in alert.queries:
             assert query in rule["expr"], (alert.name, query)
+
+
+# ---- alerts for a fleet that is gone, and runbooks -------------------------------------------
+
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+def test_fleet_alerts_need_nothing_from_a_worker():
+    """They must fire when no worker publishes a single series: no mgeo_* metric in them."""
+    for alert in monitoring.fleet_alerts(monitoring.COMPOSE):
+        assert "mgeo_" not in alert.expr, alert.name
+    absent = monitoring.fleet_alerts(monitoring.COMPOSE)[0]
+    assert "kafka_consumergroup_lag_sum" in absent.expr and "up{" in absent.expr
+
+
+@pytest.mark.parametrize("alert,mutation", [
+    # Without "unless a worker is up", a degraded but running fleet would page.
+    ("MgeoWorkersAbsent", (' unless on() (up{job="mgeo-worker"} == 1)', "")),
+    # Another consumer group's lag is not ours, nor our group's on another topic.
+    ("MgeoWorkersAbsent", ('consumergroup="mgeo-workers", ', "")),
+    ("MgeoWorkersAbsent", (', topic="address-pairs"', "")),
+    # Any job's failed scrape is not a worker's.
+    ("MgeoWorkerScrapeFailing", ('up{job="mgeo-worker"} == 0', "up == 0")),
+    # A worker loading its model is not failing.
+    ("MgeoWorkerScrapeFailing", ("for: 15m", "for: 5m")),
+])
+def test_fleet_rule_tests_catch_a_broken_rule(tmp_path, alert, mutation):
+    text = RULES.read_text(encoding="utf-8")
+    old, new = mutation
+    assert text.count(old) >= 1, old
+    section = text.split(f"- alert: {alert}\n", 1)
+    (tmp_path / "alerts.yml").write_text(
+        section[0] + f"- alert: {alert}\n" + section[1].replace(old, new, 1), encoding="utf-8")
+    shutil.copy(RULE_TESTS, tmp_path / "alerts.test.yml")
+    done = run_promtool("test", "rules", str(tmp_path / "alerts.test.yml"))
+    assert done.returncode != 0
+    assert f"alertname: {alert}," in done.stdout + done.stderr
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to -."""
+    out = set()
+    for line in markdown.splitlines():
+        m = re.match(r"#{1,6} (.+)", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            out.add(slug)
+    return out
+
+
+def test_every_alert_links_its_runbook_section():
+    anchors = heading_anchors(OPERATIONS.read_text(encoding="utf-8"))
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) == len(monitoring.all_alerts())
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == "docs/operations.md", url
+        assert anchor in anchors, f"{rule['alert']}: docs/operations.md has no #{anchor}"
+
+
+def test_every_runbook_says_what_it_means_what_to_check_and_what_to_do():
+    text = OPERATIONS.read_text(encoding="utf-8")
+    for alert in monitoring.all_alerts():
+        head = f"### {alert.name}\n"
+        assert head in text, alert.name
+        body = text.split(head, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+        for part in ("**What it means.**", "**What to check.**", "**What to do.**"):
+            assert part in body, f"{alert.name}: no {part}"
 
 
 # ---- the dashboard --------------------------------------------------------------------------
@@ -313,7 +402,7 @@ def test_every_dashboard_query_and_alert_returns_data(bootstrap, topics, tiny_mo
 
         queries = [(f"panel {title!r}", as_sent(expr))
                    for title, expr in monitoring.dashboard_queries(board)]
-        queries += [(f"alert {a.name}", q) for a in monitoring.ALERTS for q in a.queries]
+        queries += [(f"alert {a.name}", q) for a in monitoring.all_alerts() for q in a.queries]
         empty = {}
         deadline = time.monotonic() + 20
         for what, expr in queries:
@@ -335,7 +424,7 @@ def test_every_dashboard_query_and_alert_returns_data(bootstrap, topics, tiny_mo
         def evaluated():
             groups = _http_json(f"{prom.url}/api/v1/rules")["data"]["groups"]
             rules = [r for g in groups for r in g["rules"]]
-            if len(rules) == len(monitoring.ALERTS) and all(
+            if len(rules) == len(monitoring.all_alerts()) and all(
                     r.get("lastEvaluation", "").startswith("20") for r in rules):
                 return rules
             return None

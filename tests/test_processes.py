@@ -42,9 +42,9 @@ def test_each_child_gets_its_own_identity_and_the_supervisors_settings(monkeypat
     assert child.max_inflight == 123 and child.processes == 1
     assert child.transactional_id == "scorer-7-1" and child.metrics_port == 9002
     assert child.model_dump(exclude={"transactional_id", "group_instance_id", "metrics_port",
-                                     "processes", "threads"}) == \
+                                     "metrics_host", "processes", "threads"}) == \
         s.model_dump(exclude={"transactional_id", "group_instance_id", "metrics_port",
-                              "processes", "threads"})
+                              "metrics_host", "processes", "threads"})
     assert int(envs[0]["MGEO_THREADS"]) == max(1, (os.cpu_count() or 1) // 3)
 
 

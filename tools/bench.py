@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -18,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mgeo import traffic
 from mgeo.plots import machine_name, pyplot, save
 from mgeo.settings import BenchSettings
 from mgeo.tools.models import bert_base
+from mgeo.worker.inference.accelerator import Accelerator, Simulated, SimulatedGpu
 from mgeo.worker.inference.batcher import padded_tokens
 from mgeo.worker.inference.device import resolve_device, resolve_precision, torch_dtype
 from mgeo.worker.inference.engine import Engine
@@ -28,17 +29,13 @@ from mgeo.worker.inference.model import load_model
 
 log = logging.getLogger(__name__)
 
-# Tokenized pair length of real traffic, CLS/SEP included (CCKS 2021; GUIDE section 2).
-_REAL_LENGTH_QUANTILES = [(0.0, 12), (0.01, 17), (0.1, 24), (0.5, 35), (0.9, 52), (0.95, 57),
-                          (0.99, 67), (0.999, 80), (1.0, 98)]
-_CHARS = ("北京上海广州深圳杭州南京成都武汉西安市区县镇乡街道路巷弄号楼栋单元室层座大厦广场"
-          "花园小区公寓中心医院学校银行超市酒店村组东西南北中山人民解放建设新华和平幸福"
-          "0123456789")
 _WARMUP = 64
+SIMULATED_GPU_BYTES = 256 * 2**20  # small: the start-up probe runs a batch that fills it
 
 
 def run(settings: BenchSettings) -> int:
-    """`mgeo bench`: the engine against the reference loop, or --host-path, or --latency."""
+    """`mgeo bench`: the engine against the reference loop, or --host-path, --latency or
+    --memory-pressure."""
     plot = settings.plot if settings.plot is not None and str(settings.plot) not in ("", ".") \
         else None
     try:
@@ -52,6 +49,11 @@ def run(settings: BenchSettings) -> int:
 
             report = run_latency(settings)
             show, draw = print_latency, plot_latency
+        elif settings.memory_pressure:
+            from mgeo.tools.pressure import print_pressure, run_pressure
+
+            report = run_pressure(settings)
+            show, draw = print_pressure, lambda r, p: None
         else:
             report, timings = bench(settings)
             show, draw = _print_table, lambda r, p: _plot(r, timings, p)
@@ -64,7 +66,7 @@ def run(settings: BenchSettings) -> int:
         print(json.dumps(report))
     else:
         show(report)
-    return 0
+    return 0 if report.get("ok", True) else 1  # a drill that failed (--memory-pressure)
 
 
 class _BatchTimes:
@@ -77,32 +79,41 @@ class _BatchTimes:
         self.seconds.append(seconds)
 
 
+def simulated_gpu(s: BenchSettings) -> Accelerator | None:
+    """With --simulate-gpu, the accelerator of a GPU simulated on the CPU, else None."""
+    return Simulated(SimulatedGpu(SIMULATED_GPU_BYTES)) if s.simulate_gpu else None
+
+
 def bench(s: BenchSettings) -> tuple[dict, dict]:
     """Time the reference loop and the engine on the same pairs; returns (report, timings)."""
-    device = resolve_device(s.device)
+    accel = simulated_gpu(s)
+    device = accel.name if accel else resolve_device(s.device)
+    where = accel.torch_device if accel else device  # where the reference's tensors go
     precision = resolve_precision(s.precision, device)
     # The reference loop runs on this thread with every torch thread, as scripts do; the
     # engine's lanes set their own share in their own threads.
     threads = s.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    rows, source = make_pairs(s.pairs + _WARMUP, s.seed)
-    warm = [(r["addr1"], r["addr2"]) for r in rows[:_WARMUP]]
-    pairs = [(r["addr1"], r["addr2"]) for r in rows[_WARMUP:]]
+    warmup = min(_WARMUP, s.pairs)  # a small run (a rehearsal) needs no more than itself
+    rows, source = make_pairs(s.pairs + warmup, s.seed, s.pairs_from)
+    warm = [(r["addr1"], r["addr2"]) for r in rows[:warmup]]
+    pairs = [(r["addr1"], r["addr2"]) for r in rows[warmup:]]
     model_dir, model_desc = _model(s)
 
     # The reference runs at the engine's precision, except int8 and bf16 on a CPU: people run
     # fp32 there, and the engine's distance from fp32 is exactly its accuracy cost.
     lossy_on_cpu = precision == "int8" or (precision == "bf16" and device == "cpu")
     ref_precision = "fp32" if lossy_on_cpu else precision
-    reference = Reference(model_dir, device, ref_precision, s.max_length, s.ref_batch)
+    reference = Reference(model_dir, where, ref_precision, s.max_length, s.ref_batch)
     engine = Engine.from_settings(s.model_copy(update={
-        "model": model_dir, "device": device, "precision": precision, "cache_size": 0}))
+        "model": model_dir, "device": where, "precision": precision, "cache_size": 0}), accel)
     batch_times = _BatchTimes()
     engine.add_observer(batch_times)
     lengths = reference.lengths(pairs)
 
     reference.score(warm)
     engine.score(warm)
+    engine.accel.reset_peak()
     ref_best = eng_best = float("inf")
     for _ in range(s.rounds):
         reference.batch_seconds.clear()
@@ -115,15 +126,15 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         scored = engine.score(pairs)
         eng_best = min(eng_best, time.perf_counter() - started)
         after = engine.stats()
+    peak = engine.accel.peak_memory()
 
     model_best = min(engine.model_seconds(pairs) for _ in range(s.rounds))
     eng_probs = np.array([[x.probs[label] for label in engine.labels] for x in scored])
     pos = [engine.labels.index(p) for p in engine.positive]
-    score_diff = np.abs(eng_probs[:, pos].sum(1) - ref_probs[:, pos].sum(1))
     batches = after["batches"] - before["batches"]
     report = {
         "device": device,
-        "device_name": machine_name(device),
+        "device_name": machine_name(device) + (" (a GPU simulated on it)" if accel else ""),
         "precision": precision,
         "reference_precision": ref_precision,
         "pairs": len(pairs),
@@ -140,9 +151,7 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         "ratio": round(ref_best / eng_best, 3),
         "model_only_pairs_per_s": round(len(pairs) / model_best, 2),
         "engine_vs_model_only": round(model_best / eng_best, 3),
-        "max_abs_score_diff": float(score_diff.max()),
-        "max_abs_prob_diff": float(np.abs(eng_probs - ref_probs).max()),
-        "label_agreement": float((eng_probs.argmax(1) == ref_probs.argmax(1)).mean()),
+        **agreement(eng_probs, ref_probs, pos),
         "baseline_padding_efficiency": round(reference.efficiency(lengths), 4),
         "engine_padding_efficiency": round(
             (after["tokens"] - before["tokens"])
@@ -155,8 +164,14 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         "baseline_seconds": round(ref_best, 3),
         "engine_seconds": round(eng_best, 3),
         "truncated_pairs": after["truncated"] - before["truncated"],
+        "peak_memory_bytes": peak,
         "torch": torch.__version__,
     }
+    if precision != "fp32":
+        # What the faster number format costs: the same pairs through the model in fp32.
+        full = ref_probs if ref_precision == "fp32" else Reference(
+            model_dir, where, "fp32", s.max_length, s.ref_batch).score(pairs)
+        report["vs_fp32"] = agreement(eng_probs, full, pos)
     timings = {"reference": list(reference.batch_seconds), "engine": list(batch_times.seconds)}
     with engine:  # closed on the way out
         if s.profile is not None and str(s.profile) not in ("", "."):
@@ -164,6 +179,16 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
 
             report["profile"] = profile_engine(engine, pairs, Path(s.profile))
     return report, timings
+
+
+def agreement(probs: np.ndarray, other: np.ndarray, positive: list[int]) -> dict:
+    """How far two runs' probabilities (pairs x labels, same label order) are apart."""
+    same = probs.argmax(1) == other.argmax(1)
+    return {"max_abs_score_diff": float(np.abs(probs[:, positive].sum(1)
+                                               - other[:, positive].sum(1)).max()),
+            "max_abs_prob_diff": float(np.abs(probs - other).max()),
+            "label_agreement": float(same.mean()),
+            "label_disagreements": int((~same).sum())}
 
 
 class Reference:
@@ -201,28 +226,20 @@ class Reference:
         return sum(lengths) / padded
 
 
-def make_pairs(n: int, seed: int) -> tuple[list[dict], str]:
-    """Pairs with real traffic's length distribution, from mgeo.training.synth when it is installed."""
-    try:
-        from mgeo.training.synth import generate_pairs
-    except ImportError:
-        return _builtin_pairs(n, seed), "bench built-in generator (lengths drawn to match " \
-                                        "GUIDE section 2 quantiles)"
-    return generate_pairs(n, seed), f"mgeo.training.synth.generate_pairs(seed={seed})"
+def make_pairs(n: int, seed: int, source: str = "traffic") -> tuple[list[dict], str]:
+    """`n` pairs with real traffic's lengths and where they came from: `mgeo.traffic`, which
+    every install ships, or (source "synth") the labelled training generator, which needs the
+    `training` extra."""
+    if source == "synth":
+        try:
+            from mgeo.training.synth import generate_pairs
 
-
-def _builtin_pairs(n: int, seed: int) -> list[dict]:
-    """Random Chinese address-like strings whose pair length follows real traffic."""
-    rng = random.Random(seed)
-    qs, ls = zip(*_REAL_LENGTH_QUANTILES)
-    rows = []
-    for i in range(n):
-        total = round(float(np.interp(rng.random(), qs, ls))) - 3  # minus CLS and two SEPs
-        first = max(1, min(total - 1, round(total * rng.uniform(0.35, 0.65))))
-        rows.append({"id": str(i), "label": "not_match",
-                     "addr1": "".join(rng.choice(_CHARS) for _ in range(first)),
-                     "addr2": "".join(rng.choice(_CHARS) for _ in range(total - first))})
-    return rows
+            return generate_pairs(n, seed), f"mgeo.training.synth.generate_pairs(seed={seed})"
+        except ImportError as exc:  # the module, or the data package it loads when called
+            raise ValueError(f"--pairs-from synth needs the training generator ({exc.name} is "
+                             "not installed): pip install 'mgeo-stream[training]', or leave "
+                             "--pairs-from at traffic") from None
+    return traffic.pairs(n, seed), f"{traffic.DESCRIPTION}, seed {seed}"
 
 
 def _model(s) -> tuple[Path, str]:
@@ -263,6 +280,13 @@ def _print_table(r: dict) -> None:
             else "engine vs reference, same precision")
     print(f"  speed-up {r['ratio']:.2f}x; max |score diff| {r['max_abs_score_diff']:.2e} ({what}); "
           f"label agreement {r['label_agreement']:.1%}")
+    if "vs_fp32" in r:
+        v = r["vs_fp32"]
+        print(f"  {r['precision']} against fp32 on the same pairs: max |score diff| "
+              f"{v['max_abs_score_diff']:.2e}, label agreement {v['label_agreement']:.2%} "
+              f"({v['label_disagreements']} pairs differ)")
+    if r["peak_memory_bytes"] is not None:
+        print(f"  peak device memory {r['peak_memory_bytes'] / 2**30:.2f} GiB")
     if "profile" in r:
         p = r["profile"]
         print()

@@ -20,10 +20,11 @@ from tqdm import tqdm
 
 from mgeo.kafka import create_topics
 from mgeo.tools.broker import BrokerError, EmbeddedBroker
-from mgeo.files import InputError, read_rows, write_results
+from mgeo.readers import InputError, PairReader
 from mgeo.settings import DemoSettings
 from mgeo.producer.collect import Collector
 from mgeo.producer.publish import Publisher
+from mgeo.writers import check_output, write_results
 
 TOPICS = {"input": "address-pairs", "output": "address-scores", "dlq": "address-pairs.dlq"}
 
@@ -62,7 +63,9 @@ def _stop(proc: subprocess.Popen | None) -> None:
 def run(s: DemoSettings) -> int:
     source = s.input or sample_path()
     try:
-        rows = list(read_rows(source))
+        with PairReader(source, s.format, s.encoding, s.columns, s.id_from_row) as reader:
+            rows = list(reader)
+        check_output(s.out, refuse=[source])
     except InputError as exc:
         print(f"mgeo demo: {exc}", file=sys.stderr)
         return 2
@@ -89,6 +92,8 @@ def run(s: DemoSettings) -> int:
                 "MGEO_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
             if s.model is not None:
                 env["MGEO_MODEL"] = str(s.model)
+            if s.label_map:
+                env["MGEO_LABEL_MAP"] = ",".join(f"{k}={v}" for k, v in s.label_map.items())
             _say(f"[2/5] starting a worker (log: {worker_log})")
             with open(worker_log, "wb") as logf:
                 worker = subprocess.Popen([sys.executable, "-m", "mgeo.tools.cli", "worker"],
@@ -143,9 +148,13 @@ def model_record(model_dir: Path | None) -> dict | None:
         model_dir = Path(str(importlib.resources.files("mgeo.worker.inference")
                              / "default_model"))
     try:
-        return json.loads((Path(model_dir) / "training_metrics.json").read_text("utf-8"))
+        record = json.loads((Path(model_dir) / "training_metrics.json").read_text("utf-8"))
     except (OSError, ValueError):
         return None
+    from mgeo.training.card import measured_elsewhere
+
+    record["elsewhere"] = measured_elsewhere(Path(model_dir))
+    return record
 
 
 def _scores_lines(record: dict | None) -> list[str]:
@@ -165,9 +174,16 @@ def _scores_lines(record: dict | None) -> list[str]:
                         if k in d["per_label"])
         lines.append(f"                   hand-written realistic pairs ({dev['path']}): macro-F1 "
                      f"{d['macro_f1']:.3f} ({d['n']} pairs; F1 {per})")
+    for e in record.get("elsewhere", ()):
+        f1 = ", ".join(f"{k.split('_')[0]} {e['f1'][k]:.2f}" for k in e["f1"])
+        lines.append(f"                   real labelled pairs ({e['short']}, measured by "
+                     f"{e['by']}): macro-F1 {e['macro_f1']:.2f} ({e['n']:,} pairs; F1 {f1}): "
+                     f"{e['finding']}")
     if synthetic:
-        lines.append("                   trained on synthetic pairs only (`mgeo synth`); not "
-                     "measured on real traffic, expect less there")
+        lines.append("                   trained on synthetic pairs only (`mgeo synth`); "
+                     + ("for real traffic convert MGeo (`mgeo convert`) or fine-tune on your "
+                        "labelled pairs (`mgeo train`)" if record.get("elsewhere") else
+                        "not measured on real traffic, expect less there"))
     return lines
 
 

@@ -35,7 +35,7 @@ def run_host_path(s: BenchSettings) -> dict:
     from mgeo.worker.inference.engine import Engine
 
     device = resolve_device(s.device)
-    rows, source = make_pairs(s.pairs, s.seed)
+    rows, source = make_pairs(s.pairs, s.seed, s.pairs_from)
     pairs = [(r["addr1"], r["addr2"]) for r in rows]
     model, model_desc = (Path(s.model), str(s.model)) if s.model else nearly_free(s.seed)
     tok = AutoTokenizer.from_pretrained(model)

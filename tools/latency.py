@@ -71,7 +71,7 @@ def run_latency(s: BenchSettings) -> dict:
     device = resolve_device(s.device)
     model = Path(s.model) if s.model else default_model_dir()
     backlog_n = s.e2e_pairs or s.pairs
-    rows, source = make_pairs(backlog_n + 50_000, s.seed)
+    rows, source = make_pairs(backlog_n + 50_000, s.seed, s.pairs_from)
     pairs = [(r["addr1"], r["addr2"]) for r in rows]
     # Phases reuse these texts under new ids when they need more (the cache is off).
     backlog, fresh = pairs[:backlog_n], itertools.cycle(pairs[backlog_n:])

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mgeo.files import atomic_directory
+from mgeo.writers import atomic_directory
 from mgeo.wire import MGEO_LABELS
 
 

@@ -31,15 +31,20 @@ def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) ->
     with engine.inline(), profile(activities=activities) as prof:
         started = time.perf_counter()
         engine.score(pairs)
-        if cuda:
-            torch.cuda.synchronize()
+        engine.accel.synchronize()
         wall = time.perf_counter() - started
     # Preparing (tokenizing, padding) is timed by the engine itself.
     tokenize = engine.stats()["tokenize_seconds"] - before
     trace.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace))
 
-    averages = prof.key_averages()
+    return summarize(prof.key_averages(), engine, trace, len(pairs), wall, tokenize)
+
+
+def summarize(averages, engine: Engine, trace: Path, pairs: int, wall: float,
+              tokenize: float) -> dict:
+    """What limits the run, from the profiler's per-operator averages (`key_averages()`)."""
+    cuda = engine.device == "cuda"
     stages = {e.key: e.cpu_time_total / 1e6 for e in averages if e.key in _STAGES}
     # Self time, in microseconds. On CUDA only the kernels' own rows count: a CPU operator's
     # self_device_time_total holds the kernels it launched, which are rows of their own too,
@@ -54,9 +59,9 @@ def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) ->
     top = sorted(events, key=time_of, reverse=True)[:8]
     out = {
         "trace": str(trace),
-        "pairs": len(pairs),
+        "pairs": pairs,
         "wall_seconds": round(wall, 4),
-        "pairs_per_s": round(len(pairs) / wall, 2),
+        "pairs_per_s": round(pairs / wall, 2),
         "stage_seconds": {"tokenize": round(tokenize, 4),
                           **{k.removeprefix("mgeo."): round(stages.get(k, 0.0), 4)
                              for k in _STAGES}},

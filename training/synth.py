@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from mgeo.files import AtomicWriter
+from mgeo.writers import AtomicWriter
 from mgeo.training.admin import short_name  # noqa: F401  (part of this module's API)
 from mgeo.training.recipes import Pair, draw
 from mgeo.training.writers import chinese_number, write

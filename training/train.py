@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mgeo.files import atomic_directory
+from mgeo.writers import atomic_directory
 from mgeo.training.card import model_card, plot_curve
 from mgeo.wire import MGEO_LABELS
 
@@ -39,7 +39,7 @@ _WINDOW_BATCHES = 50  # batches sorted together by length
 
 def read_pairs(path: Path) -> list[dict[str, str]]:
     """Labelled pairs from a CSV (id,addr1,addr2,label) or JSONL file; bad lines are errors."""
-    from mgeo.files import read_rows
+    from mgeo.readers import read_rows
 
     pairs, problems = [], []
     for row in read_rows(path):

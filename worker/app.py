@@ -144,6 +144,6 @@ def _start(s: WorkerSettings, state: dict):
     if metrics is not None:
         server = HealthServer(metrics.registry, s.metrics_port,
                               live=loop_liveness(stats, s.liveness_timeout),
-                              ready=lambda: stats.ready).start()
+                              ready=lambda: stats.ready, host=s.metrics_host).start()
     state["processor"] = processor
     return engine, processor, server

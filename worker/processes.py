@@ -62,6 +62,7 @@ def child_environments(s: WorkerSettings, ports: list[int | None]) -> list[dict[
             env.pop("MGEO_METRICS_PORT", None)
         else:
             env["MGEO_METRICS_PORT"] = str(port)
+            env["MGEO_METRICS_HOST"] = "127.0.0.1"  # only the supervisor reads it
         env["MGEO_PROCESS_INDEX"] = str(n)
         envs.append(env)
     return envs
@@ -139,7 +140,8 @@ def run_processes(s: WorkerSettings) -> int:
         def ready() -> bool:
             return all(_fetch(port, "/readyz")[0] == 200 for port in ports)
 
-        server = HealthServer(registry, s.metrics_port, live=live, ready=ready).start()
+        server = HealthServer(registry, s.metrics_port, live=live, ready=ready,
+                              host=s.metrics_host).start()
 
     exited = threading.Event()
     signals = {"n": 0}

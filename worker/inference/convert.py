@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from mgeo.files import atomic_directory
+from mgeo.writers import atomic_directory
 from mgeo.settings import ConvertSettings
 from mgeo.wire import MGEO_LABELS as DEFAULT_LABELS
 from mgeo.worker.inference.model import quiet_progress

@@ -40,11 +40,12 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from mgeo.worker.inference.accelerator import Accelerator, accelerator_for
 from mgeo.worker.inference.batcher import AdaptiveBudget, plan_batches, round_up
 from mgeo.worker.inference.device import (quantize_int8, resolve_device, resolve_lanes,
                                           resolve_positive, resolve_precision, torch_dtype)
 from mgeo.worker.inference.lanes import Lanes
-from mgeo.worker.inference.memory import OOM, probe_cuda_budget
+from mgeo.worker.inference.memory import OOM, probe_budget
 from mgeo.worker.inference.packed import Packed, PackedBert, move, unsupported
 from mgeo.worker.inference.tokenize import Encoded, PairEncoder
 
@@ -152,8 +153,10 @@ class Engine:
                  memory_fraction: float = 0.8, cache_size: int = 0,
                  positive_labels: Sequence[str] | None = None, model_name: str = "model",
                  grow_after: int = 32, batch_layout: str = "auto", lanes: int | None = None,
-                 threads: int | None = None):
-        self.device = resolve_device(device)
+                 threads: int | None = None, accelerator: Accelerator | None = None):
+        # Every device-specific call goes through the accelerator (a simulated GPU in tests).
+        self.accel = accelerator or accelerator_for(resolve_device(device))
+        self.device = self.accel.name
         self.precision = resolve_precision(precision, self.device)
         self.labels = [id2label[i] for i in range(len(id2label))]
         self.positive = resolve_positive(self.labels, positive_labels)
@@ -165,8 +168,7 @@ class Engine:
         self.model = self._prepare_model(model)
         self.layout = self._resolve_layout(batch_layout)
         self._packed = PackedBert(self.model) if self.layout == "packed" else None
-        # Tensor cores run fp16 matrix products best on multiples of 8.
-        self._multiple = 8 if self.device == "cuda" else 1
+        self._multiple = self.accel.width_multiple
         start = token_budget or self._startup_budget()
         self._budget = AdaptiveBudget(start, floor=round_up(max_length, self._multiple),
                                       grow_after=grow_after)
@@ -188,16 +190,18 @@ class Engine:
         self._counts["tokenize_seconds"] = 0.0
 
     @classmethod
-    def from_settings(cls, s: "ModelSettings") -> "Engine":
+    def from_settings(cls, s: "ModelSettings", accelerator: Accelerator | None = None
+                      ) -> "Engine":
         from mgeo.worker.inference.model import default_model_dir, load_model
 
         path = Path(s.model) if s.model else default_model_dir()
-        tokenizer, model, id2label = load_model(path)
+        tokenizer, model, id2label = load_model(path, label_map=s.label_map, mgeo=True)
         return cls(tokenizer, model, id2label, device=s.device, precision=s.precision,
                    max_length=s.max_length, token_budget=s.token_budget,
                    memory_fraction=s.memory_fraction, cache_size=s.cache_size,
                    positive_labels=s.positive_labels, model_name=path.resolve().name,
-                   batch_layout=s.batch_layout, lanes=s.lanes, threads=s.threads)
+                   batch_layout=s.batch_layout, lanes=s.lanes, threads=s.threads,
+                   accelerator=accelerator)
 
     # ---- public surface -------------------------------------------------------------------
 
@@ -224,8 +228,8 @@ class Engine:
         tokenized and on the device, timed from the first launch to the last result (the
         bound for `forward`, which adds the copies to the device and back)."""
         prep = self.prepare(pairs)
-        batches = [b.inputs.to(self.device) for b in prep.batches]
-        self._sync()
+        batches = [self.accel.upload(b.inputs) for b in prep.batches]
+        self.accel.synchronize()
 
         def run(inputs) -> None:
             with torch.inference_mode():
@@ -237,12 +241,8 @@ class Engine:
                 run(inputs)
         else:
             wait([self._pool.submit(run, inputs) for inputs in batches])
-        self._sync()
+        self.accel.synchronize()
         return time.perf_counter() - started
-
-    def _sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
 
     def stats(self) -> dict:
         c = dict(self._counts)
@@ -360,9 +360,7 @@ class Engine:
                 mask.astype(bool)[:, None, None, :])
             inputs = Padded(torch.from_numpy(ids), torch.from_numpy(types), attention)
             cost = len(rows) * width
-        if self.device == "cuda":
-            inputs = inputs.to(self.device, pin=True)
-        return _Batch(rows, cost, inputs)
+        return _Batch(rows, cost, self.accel.pin(inputs))
 
     # ---- the device half ------------------------------------------------------------------
 
@@ -427,9 +425,8 @@ class Engine:
         return done
 
     def _probs(self, inputs: Padded | Packed) -> torch.Tensor:
-        if self.device != "cpu":
-            with record_function("mgeo.to_device"):
-                inputs = inputs.to(self.device)
+        with record_function("mgeo.to_device"):
+            inputs = self.accel.upload(inputs)
         with torch.inference_mode():
             # Named ranges for `mgeo bench --profile`; on CUDA, forward launches the kernels.
             with record_function("mgeo.forward"):
@@ -438,17 +435,17 @@ class Engine:
 
     def _forward(self, inputs: Padded | Packed) -> torch.Tensor:
         """The model call; tests wrap it to inject faults."""
-        if isinstance(inputs, Packed):
-            assert self._packed is not None
-            return self._packed(inputs)
-        return self.model(input_ids=inputs.ids, token_type_ids=inputs.types,
-                          attention_mask=inputs.mask).logits
+        with self.accel.running(inputs.ids.numel()):
+            if isinstance(inputs, Packed):
+                assert self._packed is not None
+                return self._packed(inputs)
+            return self.model(input_ids=inputs.ids, token_type_ids=inputs.types,
+                              attention_mask=inputs.mask).logits
 
     def _out_of_memory(self, pairs: int, tokens: int) -> None:
         with self._count_lock:
             self._counts["oom_retries"] += 1
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
+        self.accel.empty_cache()
         if pairs == 1:
             raise RuntimeError(f"out of {self.device} memory scoring a single pair of {tokens} "
                                "tokens; free memory on the device or lower --max-length")
@@ -474,7 +471,7 @@ class Engine:
         model.eval().requires_grad_(False)
         if self.precision == "int8":
             return quantize_int8(model)
-        return model.to(device=self.device, dtype=torch_dtype(self.precision))
+        return model.to(device=self.accel.torch_device, dtype=torch_dtype(self.precision))
 
     def _resolve_layout(self, wanted: str) -> str:
         """packed where the model supports it and it is known to pay (auto: on a CPU), else
@@ -490,13 +487,15 @@ class Engine:
     def _startup_budget(self) -> int:
         if self.device != "cuda":
             return CPU_TOKEN_BUDGET
-        return probe_cuda_budget(self._dummy_forward, self.max_length, self.memory_fraction)
+        return probe_budget(self.accel, self._dummy_forward, self.max_length,
+                            self.memory_fraction)
 
     def _dummy_forward(self, rows: int, width: int) -> None:
         """A worst-case batch, padded as real batches are (so it runs the kernels they run)."""
-        ids = torch.full((rows, width), self.tokenizer.unk_token_id or 0, device=self.device)
-        mask = torch.ones((rows, 1, 1, width), dtype=torch.bool, device=self.device)
+        where = self.accel.torch_device
+        ids = torch.full((rows, width), self.tokenizer.unk_token_id or 0, device=where)
+        mask = torch.ones((rows, 1, 1, width), dtype=torch.bool, device=where)
         mask[..., -1] = False
         with torch.inference_mode():
             self._forward(Padded(ids, torch.zeros_like(ids), mask))
-        torch.cuda.synchronize()
+        self.accel.synchronize()

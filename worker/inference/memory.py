@@ -5,6 +5,11 @@ small batch of worst-case pairs (every pair max_length tokens, the costliest per
 extrapolates to the free memory, then proves the estimate by running a full worst-case batch,
 halving on out-of-memory. At run time the engine's `AdaptiveBudget` shrinks it further after
 an out-of-memory error and regrows it slowly.
+
+The proving batch also matters under `--processes N`: each process probes the free memory when
+it starts, and two that start together both see the whole card free; the memory the first
+proves stays reserved by its allocator, so the second's proving batch runs out and halves
+until it fits beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from mgeo.worker.inference.accelerator import Accelerator
 from mgeo.worker.inference.batcher import round_up
 
 log = logging.getLogger(__name__)
@@ -24,18 +30,18 @@ OOM = (torch.OutOfMemoryError,)
 GPU_TOKEN_BUDGET_CAP = 131_072
 
 
-def probe_cuda_budget(forward: Callable[[int, int], None], max_length: int,
-                      memory_fraction: float) -> int:
+def probe_budget(accel: Accelerator, forward: Callable[[int, int], None], max_length: int,
+                 memory_fraction: float) -> int:
     """The largest budget whose worst-case batch fits in `memory_fraction` of free memory;
     `forward(rows, width)` runs the model on a dummy batch and waits for it."""
     width = round_up(max_length, 8)
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    free, _ = torch.cuda.mem_get_info()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
+    accel.synchronize()
+    accel.empty_cache()
+    free = accel.free_memory() or 0
+    accel.reset_peak()
+    base = accel.allocated()
     forward(8, width)
-    per_token = max(1.0, (torch.cuda.max_memory_allocated() - base) / (8 * width))
+    per_token = max(1.0, ((accel.peak_memory() or base) - base) / (8 * width))
     budget = int(free * memory_fraction / per_token)
     budget = max(width, min(GPU_TOKEN_BUDGET_CAP, budget // width * width))
     while True:
@@ -44,7 +50,7 @@ def probe_cuda_budget(forward: Callable[[int, int], None], max_length: int,
             break
         except OOM:
             pass  # recover outside the except block, so the failed graph is freed
-        torch.cuda.empty_cache()
+        accel.empty_cache()
         if budget <= width:
             raise RuntimeError("not even one pair of max_length tokens fits in GPU memory; "
                                "free the GPU or lower --max-length")

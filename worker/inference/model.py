@@ -7,9 +7,12 @@ worker runs without internet access and model directories may come from anywhere
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from mgeo.wire import MGEO_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +62,66 @@ def _explain_not_hf(path: Path) -> str:
             "`mgeo convert SRC DST`")
 
 
-def load_model(path):
-    """(tokenizer, model, id2label) from a local Hugging Face directory, on the CPU, in eval mode.
-
-    Safetensors are preferred; a lone pytorch_model.bin is read with `weights_only=True`, so a
-    malicious pickle cannot run code. Remote code is never trusted.
-    """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
+def check_model_dir(path) -> Path:
+    """`path` as a model directory, or ValueError saying what it is instead; reads no weights
+    and imports no torch, so a command can check its --model before any work."""
     path = Path(path).expanduser()
+    if path.is_file():
+        raise ValueError(f"--model {path} is a file; pass the model's directory (the one "
+                         "holding config.json), or leave --model out for the bundled model")
     if not path.is_dir():
         raise ValueError(f"model directory {path} does not exist; pass --model DIR "
                          "(a Hugging Face directory) or leave it out for the bundled model")
     if not (path / "config.json").is_file() or _is_modelscope(path):
         raise ValueError(_explain_not_hf(path))
+    return path
+
+
+def mgeo_labels(path, label_map: Mapping[str, str] | None = None) -> dict[int, str]:
+    """id2label of the model in `path` with MGeo's names (after `label_map`, which renames the
+    model's labels), or ValueError naming the labels it has and what to pass. Reads only its
+    config.json: a model scoring under other labels would give every pair a meaningless score
+    (LABEL_0/LABEL_1/LABEL_2 read as no exact_match at all)."""
+    path = check_model_dir(path)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}/config.json: {exc}") from None
+    raw = config.get("id2label") or {}
+    n = int(config.get("num_labels") or len(raw) or 2)
+    id2label = {int(k): str(v) for k, v in raw.items()} or {i: f"LABEL_{i}" for i in range(n)}
+    label_map = dict(label_map or {})
+    has = ", ".join(id2label[i] for i in sorted(id2label))
+    unknown = [k for k in label_map if k not in id2label.values()]
+    if unknown:
+        raise ValueError(f"--label-map names {', '.join(unknown)}, which the model in {path} "
+                         f"does not have; its labels are {has}")
+    renamed = {i: label_map.get(lab, lab) for i, lab in id2label.items()}
+    if sorted(renamed.values()) == sorted(MGEO_LABELS):
+        return renamed
+    if len(id2label) != len(MGEO_LABELS):
+        raise ValueError(f"the model in {path} has {len(id2label)} labels ({has}); MGeo's "
+                         f"three are {', '.join(MGEO_LABELS)}: pass an MGeo model")
+    suggest = ",".join(f"{id2label[i]}={MGEO_LABELS[i]}" for i in sorted(id2label))
+    mapped = f" (after --label-map: {', '.join(renamed[i] for i in sorted(renamed))})" \
+        if label_map else ""
+    raise ValueError(f"the model in {path} has the labels {has}{mapped}, not MGeo's "
+                     f"{', '.join(MGEO_LABELS)}; pass --label-map with the names its "
+                     f"training used, e.g. --label-map {suggest} (MGeo's id order)")
+
+
+def load_model(path, *, label_map: Mapping[str, str] | None = None, mgeo: bool = False):
+    """(tokenizer, model, id2label) from a local Hugging Face directory, on the CPU, in eval mode.
+
+    With `mgeo`, the labels must be MGeo's three after `label_map` (see `mgeo_labels`), checked
+    before any weight is read, and id2label carries MGeo's names. Safetensors are preferred; a
+    lone pytorch_model.bin is read with `weights_only=True`, so a malicious pickle cannot run
+    code. Remote code is never trusted.
+    """
+    path = check_model_dir(path)
+    wanted = mgeo_labels(path, label_map) if mgeo else None
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
     has_safetensors = any(path.glob("*.safetensors"))
     has_bin = (path / "pytorch_model.bin").is_file()
     if not has_safetensors and not has_bin:
@@ -103,7 +152,7 @@ def load_model(path):
     if sorted(id2label) != list(range(model.config.num_labels)):
         raise ValueError(f"{path}/config.json: id2label {id2label} does not name labels "
                          f"0..{model.config.num_labels - 1}; fix id2label there")
-    return tokenizer, model, id2label
+    return tokenizer, model, wanted or id2label
 
 
 def _load_bin(path: Path, config):

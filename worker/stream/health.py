@@ -11,6 +11,7 @@ GET /readyz   readiness: 200 once the model is loaded and the loop has joined it
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,14 +38,19 @@ def loop_liveness(stats, timeout: float) -> Callable[[], tuple[bool, str]]:
     return live
 
 
+class _HTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class HealthServer:
-    """The three endpoints on a background thread."""
+    """The three endpoints on a background thread, on `host` (an IPv4 or IPv6 address)."""
 
     def __init__(self, registry: CollectorRegistry, port: int, *,
                  live: Callable[[], tuple[bool, str]], ready: Callable[[], bool],
                  host: str = "0.0.0.0"):
         self.registry, self.live, self.ready = registry, live, ready
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        server = _HTTPServerV6 if ":" in host else ThreadingHTTPServer
+        self.httpd = server((host, port), self._handler())
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
@@ -52,7 +58,8 @@ class HealthServer:
 
     def start(self) -> "HealthServer":
         self._thread.start()
-        log.info("metrics and health on :%d (/metrics, /healthz, /readyz)", self.port)
+        log.info("metrics and health on %s port %d (/metrics, /healthz, /readyz)",
+                 self.httpd.server_address[0], self.port)
         return self
 
     def stop(self) -> None:

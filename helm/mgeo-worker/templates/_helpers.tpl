@@ -84,6 +84,11 @@ its transactional id, across restarts), else a Deployment.
 {{- end }}
 {{- end }}
 
+{{/* The `job` label of the workers' scrape targets: set, or the metrics Service's name (what a ServiceMonitor gives). */}}
+{{- define "mgeo-worker.metricsJob" -}}
+{{- .Values.metrics.prometheusRule.workerJob | default (printf "%s-metrics" (include "mgeo-worker.fullname" .)) }}
+{{- end }}
+
 {{- define "mgeo-worker.headlessServiceName" -}}
 {{- printf "%s-pods" (include "mgeo-worker.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -117,7 +122,7 @@ The container's resources: `resources` with requests.cpu and limits.cpu counted 
 {{- end }}
 {{- if .Values.gpu.enabled }}
 {{- $limits := get $resources "limits" | default dict }}
-{{- $_ := set $limits .Values.gpu.resourceName (int .Values.gpu.count) }}
+{{- $_ := set $limits .Values.gpu.resourceName 1 }}
 {{- $_ := set $resources "limits" $limits }}
 {{- end }}
 {{- toYaml $resources }}
@@ -129,6 +134,24 @@ The container's resources: `resources` with requests.cpu and limits.cpu counted 
 {{- $gv := index . 1 }}
 {{- $kind := index . 2 }}
 {{- if or ($caps.APIVersions.Has (printf "%s/%s" $gv $kind)) ($caps.APIVersions.Has $gv) }}true{{ end }}
+{{- end }}
+
+{{/* Whether the cluster serves the external metrics API (an aggregated API: prometheus-adapter's or KEDA's). */}}
+{{- define "mgeo-worker.servesExternalMetrics" -}}
+{{- if .APIVersions.Has "external.metrics.k8s.io/v1beta1" }}true{{ end }}
+{{- end }}
+
+{{/*
+What a plain HPA scales on: lag, or cpu. auto takes lag only where the external metrics API is
+served and KEDA is not: with KEDA installed that API is KEDA's, which serves only its
+ScaledObjects' metrics, and an HPA asking it for the lag would never scale.
+*/}}
+{{- define "mgeo-worker.hpaMetric" -}}
+{{- $metric := .Values.autoscaling.hpa.metric }}
+{{- if ne $metric "auto" }}{{ $metric }}
+{{- else if and (include "mgeo-worker.servesExternalMetrics" .Capabilities) (not (include "mgeo-worker.serves" (list .Capabilities "keda.sh/v1alpha1" "ScaledObject"))) }}lag
+{{- else }}cpu
+{{- end }}
 {{- end }}
 
 {{/* MGEO_DEVICE: the explicit value, else cuda with a GPU and cpu without. */}}
@@ -195,8 +218,11 @@ and install checks them.
 {{- if and .Values.metrics.prometheusRule.enabled (not (include "mgeo-worker.serves" (list .Capabilities "monitoring.coreos.com/v1" "PrometheusRule"))) }}
 {{- fail "metrics.prometheusRule.enabled needs the Prometheus operator, but this cluster does not serve monitoring.coreos.com/v1 PrometheusRule: install the operator (e.g. kube-prometheus-stack) or set metrics.prometheusRule.enabled=false and load files/alerts.yml into your Prometheus yourself. With helm template, pass --api-versions monitoring.coreos.com/v1/PrometheusRule" }}
 {{- end }}
-{{- if and .Values.gpu.enabled (ne (int .Values.gpu.count) 1) }}
-{{- fail (printf "gpu.count is %d, but a worker drives exactly one GPU (worker.processes share it); more GPUs per pod would sit idle. Keep gpu.count=1 and add GPUs by adding replicas" (int .Values.gpu.count)) }}
+{{- if and (hasKey .Values.gpu "count") (ne (int .Values.gpu.count) 1) }}
+{{- fail (printf "gpu.count (%d) was removed: a worker process drives one GPU, so each pod gets exactly one, shared by its worker.processes; more per pod would sit idle. Delete gpu.count and add GPUs by adding replicas (autoscaling.maxReplicas)" (int .Values.gpu.count)) }}
+{{- end }}
+{{- if and (eq .Values.autoscaling.mode "hpa") (eq .Values.autoscaling.hpa.metric "lag") (not .Values.autoscaling.hpa.metrics) (not (include "mgeo-worker.servesExternalMetrics" .Capabilities)) }}
+{{- fail "autoscaling.hpa.metric=lag needs the external metrics API, but this cluster does not serve external.metrics.k8s.io/v1beta1: install prometheus-adapter with an external rule for the lag metric (see the chart README), or set autoscaling.hpa.metric=cpu (or auto). With helm template, pass --api-versions external.metrics.k8s.io/v1beta1" }}
 {{- end }}
 {{- if and .Values.image.digest (contains "@" .Values.image.tag) }}
 {{- fail "image.tag already holds a digest (tag@sha256:...) and image.digest is set too: give the digest once, in image.digest" }}
