@@ -62,7 +62,7 @@ def scrape_e2e(port: int) -> list[tuple[float, float]]:
 
 
 def run_latency(s: BenchSettings) -> dict:
-    from mgeo.tools.bench import make_pairs
+    from mgeo.tools.workload import make_pairs
     from mgeo.tools.broker import EmbeddedBroker, free_port
     from mgeo.tools.harness import Answers, Topics, Worker, paced, prefill, steady_rate
     from mgeo.worker.inference.device import resolve_device
