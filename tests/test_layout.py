@@ -139,6 +139,16 @@ def test_the_stream_part_runs_without_torch_and_the_engine_without_kafka():
     assert "confluent_kafka" not in engine
 
 
+def test_every_commands_settings_import_without_torch():
+    """`mgeo COMMAND --help` and a config file's check run on the base install, wherever a
+    command's settings class lives."""
+    from mgeo.tools.cli import COMMANDS
+
+    for module in sorted({target.split(":")[0] for target, _, _ in COMMANDS.values()}):
+        found = _imported_by(module) & {"torch", "transformers", "tokenizers", "numpy"}
+        assert not found, f"{module} imports {found}"
+
+
 SHADOWS = {"producer.py": "raise SystemExit('the user\\'s producer.py was imported')\n",
            "worker.py": "raise SystemExit('the user\\'s worker.py was imported')\n",
            "tools.py": "raise SystemExit('the user\\'s tools.py was imported')\n",

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from mgeo.training import synth  # noqa: E402
 from mgeo.tools.cli import main as cli_main  # noqa: E402
-from mgeo.settings import TrainSettings  # noqa: E402
+from mgeo.training.settings import TrainSettings  # noqa: E402
 from mgeo.training import train as tr  # noqa: E402
 
 TINY = dict(layers=1, hidden=64, heads=2, threads=2, plot=False)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mgeo.plots import machine_name, pyplot, save
-from mgeo.settings import BenchSettings
+from mgeo.tools.bench_settings import BenchSettings
 from mgeo.tools.workload import agreement, bench_model, make_pairs, simulated_gpu
 from mgeo.worker.inference.batcher import padded_tokens
 from mgeo.worker.inference.device import resolve_device, resolve_precision, torch_dtype

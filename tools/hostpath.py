@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from mgeo.settings import BenchSettings
+from mgeo.tools.bench_settings import BenchSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from mgeo.settings import BenchSettings
+from mgeo.tools.bench_settings import BenchSettings
 
 PHASES = (0.1, 1 / 3, 2 / 3)
 

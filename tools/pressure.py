@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from mgeo.settings import BenchSettings
+from mgeo.tools.bench_settings import BenchSettings
 from mgeo.tools.workload import agreement, bench_model, make_pairs, simulated_gpu
 
 GROW_AFTER = 2      # good batches before the budget grows 10%: quick, for the drill

@@ -13,7 +13,7 @@ from mgeo import traffic
 from mgeo.tools.models import bert_base
 
 if TYPE_CHECKING:
-    from mgeo.settings import BenchSettings
+    from mgeo.tools.bench_settings import BenchSettings
     from mgeo.worker.inference.accelerator import Accelerator
 
 SIMULATED_GPU_BYTES = 256 * 2**20  # small: the start-up probe runs a batch that fills it

@@ -531,7 +531,7 @@ def _save(model, tokenizer, out: Path, settings, result: Result, source: str, n_
 
 def command_line(settings) -> str:
     """The `mgeo train` command that reproduces `settings` (defaults left out)."""
-    from mgeo.settings import TrainSettings
+    from mgeo.training.settings import TrainSettings
 
     args = []
     for name, info in TrainSettings.model_fields.items():
