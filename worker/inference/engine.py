@@ -114,6 +114,10 @@ class Engine:
     `prepare` and `forward` may run on two threads at once (one thread each), and on a CPU
     `forward` on as many threads at once as there are lanes; `score_rows` and `score` may be
     called from any thread (a lock keeps them one at a time).
+
+    `model_call`, when given, is handed the engine's own model call (`TransformersCall` on the
+    prepared model) and returns the one every batch runs through: a wrapper that injects
+    faults, or a fake that never runs the model.
     """
 
     def __init__(self, tokenizer, model, id2label: dict[int, str], *, device: str = "auto",
