@@ -581,7 +581,15 @@ class _MaxAddressChars(Base):
 
 def _key_values(cls, v):
     """A NAME=VALUE,... option (a flag, repeated or not, or an environment variable) as a
-    dict."""
+    dict; a JSON object too (what `mgeo worker --processes N` hands its children)."""
+    if isinstance(v, str) and v.lstrip().startswith("{"):
+        try:
+            v = json.loads(v)
+        except ValueError as e:
+            raise ValueError(f"expected NAME=VALUE,... or a JSON object; got {v!r} ({e})") from None
+        if not isinstance(v, dict):
+            raise ValueError("expected a JSON object of NAME: VALUE")
+        return {str(k): str(val) for k, val in v.items()}
     if isinstance(v, str):
         out = {}
         for part in v.split(","):

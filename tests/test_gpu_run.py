@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,52 @@ def _report_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _names(path: Path) -> dict[str, str | None]:
+    """Canonical package names in a requirements-like list, with their pinned version if any."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version or None
+    return out
+
+
+def test_the_carried_wheels_are_all_the_gpu_image_lacks():
+    """Every package mgeo's worker, bench and broker import on the GPU machine is either in its
+    image or carried, at the version the tests run with; what is carried needs nothing else the
+    image lacks. (A dependency added to pyproject.toml but not carried broke the GPU run once.)"""
+    import importlib.metadata as md
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    image = _names(ROOT / ".ci" / "gpu-image-packages.txt")
+    carried = _names(ROOT / "bench" / "gpu-wheels.txt")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+           "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}
+
+    def needed(requirements):
+        for text in requirements or ():
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate(env):
+                yield re.sub(r"[-_.]+", "-", req.name).lower()
+
+    wanted = set(needed(project["project"]["dependencies"]))
+    for extra in ("worker", "broker", "plot"):
+        wanted |= set(needed(extras[extra]))
+    for name in list(carried):
+        wanted |= set(needed(md.requires(name)))
+    wanted.discard("mgeo-stream")
+    missing = sorted(wanted - set(image) - set(carried))
+    assert not missing, f"the GPU image lacks {missing}: add them to bench/gpu-wheels.txt"
+    for name, version in carried.items():
+        assert version == md.version(name), \
+            f"bench/gpu-wheels.txt carries {name}=={version}, the tests run {md.version(name)}"
 
 
 def test_the_scripts_parse():
