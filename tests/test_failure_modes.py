@@ -25,7 +25,7 @@ from mgeo.producer.collect import Collector
 from mgeo.kafka import create_topics
 from mgeo.settings import WorkerSettings
 from mgeo.tools.broker import EmbeddedBroker, free_port
-from mgeo.worker.stream.delivery import STUB, STUB_SHA256, STUB_SIZE
+from mgeo.worker.stream.answers import STUB, STUB_SHA256, STUB_SIZE
 from mgeo.worker.stream.events import Stats
 from mgeo.worker.stream.health import HealthServer, loop_liveness
 from mgeo.worker.stream.metrics import Metrics
@@ -133,7 +133,7 @@ def test_a_request_with_a_key_too_large_to_answer_with_is_substituted_and_commit
 
 
 def test_delivery_reports_carry_no_headers(bootstrap, topics):
-    """The premise of the worker's own record of substitutes (delivery.Sent) and of the
+    """The premise of the worker's own record of substitutes (answers.Answer) and of the
     in-memory producer's reports: confluent-kafka gives no headers back in a delivery report,
     so a check that reads a substitute's marker from it never sees it (issue 18)."""
     reports = []

@@ -155,7 +155,7 @@ def _abort_first_transaction(proc: StreamProcessor) -> dict:
         with eos.lock:
             if eos._in_txn and not seen["aborted_with"]:
                 proc.producer.flush(10)
-                seen["aborted_with"] = sum(s.results + s.errors for s in eos._segments)
+                seen["aborted_with"] = sum(t.counts[0] + t.counts[1] for t in eos._open.values())
                 eos._abort(consumer, "injected by the test")
                 return
         commit(consumer, tps)

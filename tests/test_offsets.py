@@ -71,7 +71,7 @@ def test_dropped_segments_are_not_live():
     tr = OffsetTracker()
     tr.assign(TP)
     seg = tr.add(TP, 0, 3, 3)
-    seg.dropped = True
+    tr.drop([seg])
     assert not tr.live(seg)
 
 
@@ -79,11 +79,11 @@ def test_unconfirmed_counts_published_answers_only():
     tr = OffsetTracker()
     tr.assign(TP)
     seg = tr.add(TP, 0, 3, 3)
-    seg.pending = 3
     assert tr.unconfirmed({TP}) == 0  # not yet handed to the producer
-    seg.published = True
+    for _ in range(3):
+        tr.sent(seg)
     assert tr.unconfirmed({TP}) == 3
-    seg.pending = 0
+    assert [tr.confirmed(seg) for _ in range(3)] == [2, 1, 0]
     tr.complete(seg)
     assert tr.unconfirmed({TP}) == 0
 

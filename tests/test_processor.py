@@ -14,7 +14,7 @@ from engines import RuleEngine
 from memory_kafka import MemoryBroker, clients
 from mgeo import wire
 from mgeo.settings import WorkerSettings
-from mgeo.worker.stream.delivery import STUB, STUB_SIZE
+from mgeo.worker.stream.answers import STUB, STUB_SIZE
 from mgeo.worker.stream.processor import StreamProcessor
 from mgeo.worker.stream.scoring import Scorer
 

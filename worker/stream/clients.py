@@ -6,10 +6,16 @@ about the clients (librdkafka settings chosen for this workload) lives here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mgeo.settings import WorkerSettings
+from confluent_kafka import KafkaError
+
+from mgeo.kafka import client_logging
+from mgeo.settings import WorkerSettings, redact
+
+log = logging.getLogger("mgeo.worker")
 
 
 @dataclass(frozen=True)
@@ -64,3 +70,29 @@ def producer_config(s: WorkerSettings, **callbacks: Any) -> dict[str, Any]:
     conf.update({k: v for k, v in callbacks.items() if v is not None})
     conf.update(s.client_config("producer"))
     return conf
+
+
+def open_clients(s: WorkerSettings, clients: Clients, *,
+                 on_fatal: Callable[[KafkaError], None],
+                 stats_cb: Callable[[str], None] | None = None) -> tuple[Any, Any]:
+    """The worker's consumer and producer, configured by the settings."""
+    # One rate limiter for both clients: a broker that is down is one story, told once per
+    # interval per kind of error, not once per client.
+    logging_conf = client_logging("mgeo.kafka", on_fatal=on_fatal)
+    cconf = consumer_config(s, **logging_conf, stats_cb=stats_cb)
+    pconf = producer_config(s, **logging_conf)
+    log.info("starting: input %s, output %s, dead letters %s, group %s, bootstrap %s, %s",
+             s.input_topic, s.output_topic, s.dlq_topic, s.group_id, s.bootstrap_servers,
+             s.delivery)
+    log.debug("consumer config %s", redact({k: str(v) for k, v in cconf.items()}))
+    return clients.consumer(cconf), clients.producer(pconf)
+
+
+def fatal_line(s: WorkerSettings, err: KafkaError) -> str:
+    """The line a worker stops with on a fatal client error (a fenced one says what to do)."""
+    hint = ""
+    if err.code() == KafkaError._FENCED and s.delivery == "exactly-once":
+        hint = (". Another worker uses the same transactional id "
+                f"({s.transactional_id_or_default()}): give each worker its own "
+                "--transactional-id (e.g. the pod name)")
+    return f"fatal Kafka client error: {err.str()}{hint}"

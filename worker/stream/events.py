@@ -55,13 +55,20 @@ class Stats:
         self.stalled: dict[tuple[str, int], int] = {}
         self.stall_reason: str | None = None
 
+    def ticked(self, now: float) -> None:
+        """(Kafka loop) A tick ended at time.monotonic `now`: the loop is alive."""
+        self.last_tick = now
+        self.last_tick_unix = time.time()
+
 
 class Control:
-    """Stopping, failing and waiting, shared by the loop and the threads it starts.
+    """Stopping, failing and the Kafka loop's waits, shared by the loop and its steps.
 
-    `progress` is notified whenever work moves (a batch taken or published, an answer
-    settled, a partition released) or the worker is asked to stop, so every wait is woken by
-    what it waits for. `hurry` is the second signal: no wait anywhere lasts past it.
+    `progress` is the Kafka loop's own condition: the steps call `notify` when work moves (a
+    batch taken or published, an answer settled, a transaction committed) and the loop when
+    a partition is released or the worker is asked to stop; each step waits on conditions of
+    its own. `hurry` is the second signal: no wait anywhere lasts past it. `deadline` is set
+    when stopping: it bounds the whole drain, transactional calls included.
     """
 
     def __init__(self) -> None:
@@ -69,6 +76,12 @@ class Control:
         self.stopping = threading.Event()
         self.hurrying = threading.Event()
         self.failure: BaseException | None = None
+        self.deadline: float | None = None
+
+    def bounded(self, seconds: float) -> float:
+        """The time.monotonic `seconds` from now, or the drain's deadline if sooner."""
+        limit = time.monotonic() + seconds
+        return min(limit, self.deadline) if self.deadline else limit
 
     def stop(self) -> None:
         self.stopping.set()

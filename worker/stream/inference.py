@@ -2,16 +2,16 @@
 
 Threads waiting on queues (no polling, no timers):
 
-    prepare ──▶ score (one a lane) ──▶ publish
-    tokenize    the model                encode results, produce them
+    submit ──▶ prepare ──▶ score (one a lane) ──▶ publish ──▶ delivery.submit
+    (Kafka loop) tokenize   the model                encode results
 
 - prepare takes everything queued now (continuous batching: under light load a batch is what
   has arrived, under heavy load it grows to --max-batch-pairs) as soon as the model can take a
   batch: with a GPU while the previous batch is on the device, on a CPU once a lane is free;
 - score runs the model: one thread a lane of the engine, so on a CPU with two lanes a batch that
   arrives while another is scored starts at once on the other lane;
-- publish encodes the results and hands each unit to the delivery strategy, which produces its
-  answers at once, in the order the batches finish: an answer never waits for the Kafka loop's
+- publish encodes the results and submits each unit, a new immutable one holding its values,
+  to the next step (delivery), which produces its answers at once, in the order the batches finish: an answer never waits for the Kafka loop's
   next poll, nor for a slower batch taken before it (offsets are committed per partition only
   up to the first unfinished message, whatever the order).
 
@@ -27,6 +27,7 @@ thread inside torch while the interpreter exits aborts the process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -36,6 +37,7 @@ from typing import Callable
 
 from mgeo.worker.stream.events import Observer, Stats
 from mgeo.worker.stream.intake import Unit
+from mgeo.worker.stream.step import Step
 from mgeo.worker.stream.offsets import TP, OffsetTracker
 from mgeo.worker.stream.scoring import Job, Scorer
 
@@ -45,13 +47,17 @@ _STOP = object()
 
 
 class InferenceStage:
-    def __init__(self, scorer: Scorer, publish: Callable[[Unit], None], *,
-                 tracker: OffsetTracker, stats: Stats, max_pairs: int,
-                 on_failure: Callable[[BaseException], None], progress: threading.Condition,
-                 observer: Observer | None = None, prefetch: bool = False):
-        self.scorer, self.publish = scorer, publish
+    """The inference step: `submit` units (Kafka loop), scored units go to `next`."""
+
+    def __init__(self, scorer: Scorer, next: Step, *, tracker: OffsetTracker, stats: Stats,
+                 max_pairs: int, on_failure: Callable[[BaseException], None],
+                 moved: Callable[[], None], observer: Observer | None = None):
+        self.scorer, self.next = scorer, next
         self.tracker, self.stats, self.max_pairs = tracker, stats, max_pairs
-        self.on_failure, self.progress, self.observer = on_failure, progress, observer
+        self.on_failure, self.moved, self.observer = on_failure, moved, observer
+        # The stage's own waits (prepare for work) and its queue and counts; the Kafka loop is
+        # told of every move through `moved`.
+        self._cond = threading.Condition()
         self._queue: deque[Unit] = deque()
         self._queued_pairs = 0
         self._busy: Counter[TP] = Counter()   # partitions of units taken, not yet published
@@ -63,7 +69,7 @@ class InferenceStage:
         # it then holds everything that arrived meanwhile (larger batches, and no batch waits
         # behind another that was cut early).
         self.lanes = scorer.lanes
-        self._slots = threading.Semaphore(self.lanes + (1 if prefetch else 0))
+        self._slots = threading.Semaphore(self.lanes + (1 if scorer.prefetch else 0))
         self._scoring = self.lanes  # score threads still running
         self._prepared: queue.Queue = queue.Queue(maxsize=self.lanes)
         self._scored: queue.Queue = queue.Queue(maxsize=self.lanes + 1)
@@ -79,44 +85,44 @@ class InferenceStage:
         for t in self._threads:
             t.start()
 
-    def put(self, unit: Unit) -> None:
-        with self.progress:
+    def submit(self, unit: Unit) -> None:
+        with self._cond:
             self._queue.append(unit)
             self._queued_pairs += len(unit.requests)
-            self.progress.notify_all()
+            self._cond.notify_all()
+
+    def poll(self) -> None:
+        """(Its threads do the work; a failure goes to `on_failure`.)"""
 
     def close(self) -> None:
         """Finish what is queued, then stop."""
-        with self.progress:
+        with self._cond:
             self._closing = True
-            self.progress.notify_all()
+            self._cond.notify_all()
 
     def abandon(self) -> None:
         """Stop: score nothing more (what is queued or prepared is left unanswered, read again
         by the next owner); the batch on the model finishes."""
-        with self.progress:
+        with self._cond:
             self._closing = self._abandoned = True
-            for unit in self._queue:
-                for seg in unit.segs.values():
-                    seg.dropped = True
+            self.tracker.drop(seg for unit in self._queue for seg in unit.segs.values())
             self._queue.clear()
             self._queued_pairs = 0
-            self.progress.notify_all()
+            self._cond.notify_all()
+        self.moved()
 
     def drop_queued(self, tps: set[TP]) -> None:
         """Units of these partitions not yet taken will not be scored or answered."""
-        with self.progress:
-            for unit in self._queue:
-                for seg in unit.segs.values():
-                    if seg.tp in tps:
-                        seg.dropped = True
+        with self._cond:
+            self.tracker.drop(seg for unit in self._queue for seg in unit.segs.values()
+                              if seg.tp in tps)
 
     def busy(self, tps: set[TP]) -> bool:
-        with self.progress:
+        with self._cond:
             return any(self._busy[tp] for tp in tps)
 
     def idle(self) -> bool:
-        with self.progress:
+        with self._cond:
             return not self._queue and not self._busy
 
     def depths(self) -> dict[str, int]:
@@ -138,14 +144,19 @@ class InferenceStage:
         try:
             loop()
         except BaseException as exc:  # noqa: BLE001 - the Kafka loop stops on it
-            self.on_failure(exc)
-            with self.progress:
-                self.progress.notify_all()
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A failure stops the worker and abandons the stage; the score and publish threads
+        go on taking what comes, unscored and unanswered, until their end: every thread ends
+        (the engine can then be closed)."""
+        self.on_failure(exc)
+        self.abandon()
 
     def _take(self) -> list[Unit] | None:
-        with self.progress:
+        with self._cond:
             while not self._queue and not self._closing:
-                self.progress.wait()
+                self._cond.wait()
             if not self._queue:
                 return None
             units, pairs = [], 0
@@ -157,8 +168,8 @@ class InferenceStage:
             self._queued_pairs -= pairs
             for unit in units:
                 self._busy.update(seg.tp for seg in unit.segs.values())
-            self.progress.notify_all()
-            return units
+        self.moved()
+        return units
 
     def _prepare_loop(self) -> None:
         while True:
@@ -168,31 +179,34 @@ class InferenceStage:
                 for _ in range(self.lanes):
                     self._prepared.put(_STOP)
                 return
-            for unit in units:
-                if not all(self.tracker.live(s) for s in unit.segs.values()):
-                    _forget_requests_of_dead_segments(unit, self.tracker)
+            units = [unit if all(self.tracker.live(s) for s in unit.segs.values())
+                     else _without_requests_of_dead_segments(unit, self.tracker)
+                     for unit in units]
             requests = [r for unit in units for r in unit.requests]
             started = time.perf_counter()
             self._prepared.put((units, self.scorer.prepare(requests), started))
-            self._moved()
+            self.moved()
 
     def _score_loop(self) -> None:
         while True:
             item = self._prepared.get()
             if item is _STOP:
-                with self.progress:
+                with self._cond:
                     self._scoring -= 1
                     last = self._scoring == 0
                 if last:  # publish stops after the last lane's batch
                     self._scored.put(_STOP)
                 return
             units, job, started = item
-            self._moved()
+            self.moved()
             if not self._abandoned:
-                job = self.scorer.run(job)
+                try:
+                    job = self.scorer.run(job)
+                except Exception as exc:  # noqa: BLE001 - e.g. EngineFailure: stop
+                    self._failed(exc)
             self._slots.release()
             self._scored.put((units, job, started))
-            self._moved()
+            self.moved()
 
     def _publish_loop(self) -> None:
         while True:
@@ -202,12 +216,11 @@ class InferenceStage:
             units, job, started = item
             if self._abandoned:  # unscored, or no longer to be answered
                 self._unbusy(units)
-            else:
+                continue
+            try:
                 self._finish(units, job, started)
-
-    def _moved(self) -> None:
-        with self.progress:
-            self.progress.notify_all()
+            except Exception as exc:  # noqa: BLE001 - e.g. a fenced producer: stop
+                self._failed(exc)
 
     def _finish(self, units: list[Unit], job: Job, started: float) -> None:
         seconds = time.perf_counter() - started
@@ -216,30 +229,38 @@ class InferenceStage:
         if self.observer is not None:
             self.observer.scored(len(job.requests), seconds)
         at = 0
-        for unit in units:
+        for k, unit in enumerate(units):
+            if self._abandoned:  # (a failure meanwhile)
+                self._unbusy(units[k:])
+                return
             n = len(unit.requests)
-            unit.values = self.scorer.encode(job, at, at + n)
-            if job.failed:
-                unit.failed = {k - at for k in job.failed if at <= k < at + n}
+            failed = frozenset(k - at for k in job.failed if at <= k < at + n) \
+                if job.failed else frozenset()
+            scored = dataclasses.replace(unit, values=tuple(self.scorer.encode(job, at, at + n)),
+                                         failed=failed)
             at += n
-            self.publish(unit)
+            try:
+                self.next.submit(scored)
+            except BaseException:
+                self._unbusy(units[k:])
+                raise
             if self.observer is not None:
                 now = time.time()
                 self.observer.published([m.timestamp()[1] for m in unit.msgs], now)
             self._unbusy([unit])
 
     def _unbusy(self, units: list[Unit]) -> None:
-        with self.progress:
+        with self._cond:
             for unit in units:
                 self._busy.subtract(seg.tp for seg in unit.segs.values())
             self._busy += Counter()  # drop zero counts
-            self.progress.notify_all()
+        self.moved()
 
 
-def _forget_requests_of_dead_segments(unit: Unit, tracker: OffsetTracker) -> None:
-    """Score nothing for partitions given up while the unit was queued."""
+def _without_requests_of_dead_segments(unit: Unit, tracker: OffsetTracker) -> Unit:
+    """The unit scoring nothing for partitions given up while it was queued."""
     dead = {p for p, seg in unit.segs.items() if not tracker.live(seg)}
     keep = [(r, i) for r, i in zip(unit.requests, unit.req_msg)
             if unit.msgs[i].partition() not in dead]
-    unit.requests = [r for r, _ in keep]
-    unit.req_msg = [i for _, i in keep]
+    return dataclasses.replace(unit, requests=tuple(r for r, _ in keep),
+                               req_msg=tuple(i for _, i in keep))

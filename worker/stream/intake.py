@@ -9,12 +9,15 @@ A topic that is mostly dead letters stops the worker instead of being drained (`
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 from mgeo import wire
-from mgeo.logs import RateLimitedLog
+from mgeo.worker.stream.answers import Replacements
 from mgeo.worker.stream.events import Stats
 from mgeo.worker.stream.offsets import OffsetTracker, Segment
+from mgeo.worker.stream.step import Step
 
 log = logging.getLogger("mgeo.worker")
 
@@ -23,51 +26,74 @@ class FatalStop(RuntimeError):
     """A condition under which the worker must stop rather than go on answering."""
 
 
+_NOTHING: Mapping = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
 class Unit:
     """The messages of one poll (of the partitions we own), on their way to being answered.
+    Immutable: a step that changes it hands on a new one (`dataclasses.replace`).
 
     `answers` maps a message's index to (topic, value, headers, key) for the answers known at
-    intake; `values` is filled with one result value per request once scored (`failed`: those
-    that are error results because the model failed on the pair); `replace` maps a message's
-    index to why its answer could not be written before (exactly-once rewinds after such a
-    failure): that answer is sent as its bounded substitute instead.
+    intake; `values` holds one result value per request once scored (`failed`: those that are
+    error results because the model failed on the pair); `replace` maps a message's index to
+    why its answer could not be written before (exactly-once rewinds after such a failure):
+    that answer is sent as its bounded substitute instead.
     """
 
-    __slots__ = ("msgs", "segs", "requests", "req_msg", "answers", "values", "failed",
-                 "replace")
-
-    def __init__(self) -> None:
-        self.msgs: list[Any] = []
-        self.segs: dict[int, Segment] = {}
-        self.requests: list[wire.Request] = []
-        self.req_msg: list[int] = []
-        self.answers: dict[int, tuple[str, bytes | None, list | None, bytes | None]] = {}
-        self.values: list[bytes] | None = None
-        self.failed: set[int] = set()  # requests whose value is an error result
-        self.replace: dict[int, str] = {}
+    msgs: tuple[Any, ...]
+    segs: Mapping[int, Segment]
+    requests: tuple[wire.Request, ...]
+    req_msg: tuple[int, ...]
+    answers: Mapping[int, tuple[str, bytes | None, list | None, bytes | None]]
+    replace: Mapping[int, str]
+    values: tuple[bytes, ...] | None = None
+    failed: frozenset[int] = frozenset()
 
 
 class Intake:
-    def __init__(self, *, topic: str, output_topic: str, dlq_topic: str, max_bytes: int,
+    """The first step: a poll's messages in (Kafka loop), their unit out to `next`."""
+
+    def __init__(self, next: Step, *, topic: str, output_topic: str, dlq_topic: str, max_bytes: int,
                  max_chars: int, dead_letter_window: int, max_dead_letter_ratio: float,
                  error_value: Callable[[wire.Invalid], bytes], tracker: OffsetTracker,
-                 stats: Stats, ratelog: RateLimitedLog):
+                 stats: Stats, replacements: Replacements):
         self.topic, self.output_topic, self.dlq_topic = topic, output_topic, dlq_topic
         self.max_bytes, self.max_chars = max_bytes, max_chars
         self.error_value = error_value
-        self.tracker, self.stats, self.ratelog = tracker, stats, ratelog
+        self.tracker, self.stats = tracker, stats
         self._window = dead_letter_window
         self._max_dead = max_dead_letter_ratio * dead_letter_window
         self._ring = bytearray(dead_letter_window)
         self._pos = self._seen = self._dead = 0
-        # (partition, offset) -> why its answer must be replaced: set by exactly-once after
-        # an answer could not be written, read when the rewound input comes round again.
-        self.replace: dict[tuple[int, int], str] = {}
+        # Why an input's answer must be replaced: remembered by exactly-once after an answer
+        # could not be written, taken here when the rewound input comes round again.
+        self.replacements = replacements
+        self.next = next
+
+    def submit(self, msgs: list) -> None:
+        """Hand the unit of a poll's messages (errors already filtered out) to the next step;
+        nothing when none of them is ours."""
+        unit = self.take(msgs)
+        if unit is not None:
+            self.next.submit(unit)
+
+    def poll(self) -> None:
+        """(Intake works on the Kafka loop's thread, within `submit`.)"""
+
+    def close(self) -> None:
+        """(Nothing kept between polls.)"""
+
+    def join(self, timeout: float) -> bool:
+        return True
 
     def take(self, msgs: list) -> Unit | None:
         """The unit of a poll's messages (errors already filtered out), or None when none of
         them is ours."""
-        unit = Unit()
+        kept: list = []
+        requests: list[wire.Request] = []
+        req_msg: list[int] = []
+        answers: dict = {}
         spans: dict[int, list[int]] = {}  # partition -> [first offset, last offset, count]
         owned: dict[int, bool] = {}
         topic, decode, error_value = self.topic, wire.decode_request, self.error_value
@@ -86,39 +112,41 @@ class Intake:
             else:
                 span[1] = offset
                 span[2] += 1
-            i = len(unit.msgs)
-            unit.msgs.append(m)
+            i = len(kept)
+            kept.append(m)
             value = m.value()
             dec = decode(value, max_bytes=self.max_bytes, max_chars=self.max_chars)
             if type(dec) is wire.Request:
-                unit.requests.append(dec)
-                unit.req_msg.append(i)
+                requests.append(dec)
+                req_msg.append(i)
                 self._judge(0)
                 continue
             if type(dec) is wire.Invalid:
                 key = m.key()  # an error result is keyed by its id, as a result is
-                unit.answers[i] = (self.output_topic, error_value(dec), None,
-                                   key if key is not None else dec.id.encode())
+                answers[i] = (self.output_topic, error_value(dec), None,
+                              key if key is not None else dec.id.encode())
                 self._judge(0)
             else:
-                unit.answers[i] = (self.dlq_topic, value, wire.dlq_headers(
+                answers[i] = (self.dlq_topic, value, wire.dlq_headers(
                     dec.reason, dec.detail, topic, p, offset, m.headers()), m.key())
                 self._judge(1)
         self.stats.consumed += len(msgs)
-        if not unit.msgs:
+        if not kept:
             return None
+        segs = {}
         for p, (first, last, count) in spans.items():
             # Ownership was read above on this same thread, and rebalances run only inside
             # its polls: the partition is still ours.
-            seg = self.tracker.add((topic, p), first, last + 1, count, unit)
+            seg = self.tracker.add((topic, p), first, last + 1, count)
             assert seg is not None, f"partition {p} was given up during intake"
-            unit.segs[p] = seg
-        if self.replace:
-            for i, m in enumerate(unit.msgs):
-                reason = self.replace.pop((m.partition(), m.offset()), None)
-                if reason is not None:
-                    unit.replace[i] = reason
-        return unit
+            segs[p] = seg
+        replace = _NOTHING
+        if self.replacements:
+            found = {i: reason for i, m in enumerate(kept)
+                     if (reason := self.replacements.take(m.partition(), m.offset()))}
+            replace = MappingProxyType(found) if found else _NOTHING
+        return Unit(tuple(kept), MappingProxyType(segs), tuple(requests), tuple(req_msg),
+                    MappingProxyType(answers), replace)
 
     def _judge(self, dead: int) -> None:
         """Keep the share of dead letters among the last `window` messages."""

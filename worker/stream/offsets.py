@@ -17,24 +17,19 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 TP = tuple[str, int]
 
 
+@dataclass(frozen=True, eq=False, slots=True)
 class Segment:
-    """Messages of one poll from one partition: offsets up to `end` (exclusive)."""
+    """Messages of one poll from one partition: offsets up to `end` (exclusive). Immutable:
+    what happens to it (answers sent, done, dropped) is the tracker's state, kept by it."""
 
-    __slots__ = ("tp", "gen", "end", "count", "pending", "published", "done", "dropped",
-                 "results", "errors", "dead", "unit")
-
-    def __init__(self, tp: TP, gen: int, end: int, count: int, unit: Any = None):
-        self.tp, self.gen, self.end, self.count, self.unit = tp, gen, end, count, unit
-        self.pending = 0         # answers sent and not yet confirmed (at-least-once)
-        self.published = False   # its answers were handed to the producer
-        self.done = False
-        self.dropped = False     # its partition is being revoked: leave it to the new owner
-        self.results = self.errors = self.dead = 0  # answers by kind, counted when final
+    tp: TP
+    gen: int
+    end: int
+    count: int
 
 
 @dataclass
@@ -45,6 +40,9 @@ class _Partition:
     position: int | None = None      # next offset to commit (end of the completed prefix)
     committed: int | None = None     # what was last committed
     start: int | None = None         # first offset read in this generation
+    done: set[Segment] = field(default_factory=set)      # final, behind an unfinished one
+    dropped: set[Segment] = field(default_factory=set)   # left to the next owner
+    pending: dict[Segment, int] = field(default_factory=dict)  # answers sent, unconfirmed
 
 
 class OffsetTracker:
@@ -79,15 +77,23 @@ class OffsetTracker:
         """Whether `seg`'s answers may still be sent: its partition is ours, in its
         generation, and not being handed over."""
         part = self._parts.get(seg.tp)
-        return part is not None and part.gen == seg.gen and not seg.dropped
+        return part is not None and part.gen == seg.gen and seg not in part.dropped
+
+    def drop(self, segs) -> None:
+        """Leave these segments to the next owner of their partitions: none of their answers
+        is sent (their partitions are being given up, or the worker leaves)."""
+        with self.lock:
+            for seg in segs:
+                part = self._parts.get(seg.tp)
+                if part is not None and part.gen == seg.gen:
+                    part.dropped.add(seg)
 
     def partitions(self) -> list[TP]:
         return list(self._parts)
 
     # -- progress ----------------------------------------------------------------------------
 
-    def add(self, tp: TP, first: int, end: int, count: int, unit: Any = None
-            ) -> Segment | None:
+    def add(self, tp: TP, first: int, end: int, count: int) -> Segment | None:
         """Record `count` messages of `tp` read up to offset `end` (exclusive), the first at
         `first`; None when `tp` is not ours (the messages must be dropped)."""
         with self.lock:
@@ -96,7 +102,7 @@ class OffsetTracker:
                 return None
             if part.start is None:
                 part.start = first
-            seg = Segment(tp, part.gen, end, count, unit)
+            seg = Segment(tp, part.gen, end, count)
             part.segments.append(seg)
             part.inflight += count
             self.inflight += count
@@ -106,21 +112,43 @@ class OffsetTracker:
         """Every answer of `seg` is final; False when it belongs to a partition given up."""
         with self.lock:
             part = self._parts.get(seg.tp)
-            if part is None or part.gen != seg.gen or seg.done:
-                return False
-            seg.done = True
-            while part.segments and part.segments[0].done:
+            if part is None or part.gen != seg.gen or seg in part.done \
+                    or (part.position is not None and seg.end <= part.position):
+                return False  # given up, or complete already (the prefix passed it)
+            part.done.add(seg)
+            part.pending.pop(seg, None)
+            while part.segments and part.segments[0] in part.done:
                 first = part.segments.popleft()
+                part.done.discard(first)
+                part.dropped.discard(first)
                 part.position = first.end
                 part.inflight -= first.count
                 self.inflight -= first.count
             return True
 
+    def sent(self, seg: Segment) -> None:
+        """One answer of `seg` was handed to the producer (at-least-once)."""
+        with self.lock:
+            part = self._parts.get(seg.tp)
+            if part is not None and part.gen == seg.gen:
+                part.pending[seg] = part.pending.get(seg, 0) + 1
+
+    def confirmed(self, seg: Segment) -> int | None:
+        """One answer of `seg` is confirmed (or will not be sent after all): how many are
+        left unconfirmed; None when its partition was given up meanwhile."""
+        with self.lock:
+            part = self._parts.get(seg.tp)
+            if part is None or part.gen != seg.gen or seg not in part.pending:
+                return None
+            left = part.pending[seg] - 1
+            part.pending[seg] = left
+            return left
+
     def unconfirmed(self, tps: set[TP]) -> int:
         """Answers of these partitions sent and not yet confirmed."""
         with self.lock:
-            return sum(s.pending for tp in tps if tp in self._parts
-                       for s in self._parts[tp].segments if s.published and not s.done)
+            return sum(n for tp in tps if tp in self._parts
+                       for n in self._parts[tp].pending.values())
 
     def unanswered(self, tps: set[TP] | None = None) -> int:
         with self.lock:

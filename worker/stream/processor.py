@@ -1,10 +1,11 @@
 """The Kafka loop: poll, pause, rebalance, commit, shut down; everything else is delegated.
 
-The `StreamProcessor` owns the consumer. Each poll returns as soon as a message is there (and
-takes whatever else is already fetched); `Intake` turns the messages into a unit, the
-`InferenceStage` scores it and hands it to the delivery strategy (`AtLeastOnce` or
-`ExactlyOnce`), which produces its answers at once. The loop itself only commits, every
---commit-interval, what the strategy says is final. When too many requests are in flight it
+The `StreamProcessor` owns the consumer and the producer. Each poll returns as soon as a message
+is there (and takes whatever else is already fetched) and is submitted to the first of the
+composed steps (compose.py): `Intake` turns the messages into a unit, the `InferenceStage`
+scores it and submits it to the delivery step (`AtLeastOnce` or `ExactlyOnce`), which produces
+its answers at once. The loop itself only commits, every --commit-interval, what the delivery
+step says is final. When too many requests are in flight it
 pauses its partitions and keeps polling, so it stays in the group however slow a batch is; the
 loop owns that state, and every assignment is paused or resumed by it (librdkafka would keep
 an earlier pause of the same partition). `ReadWatch` (liveness.py) notices partitions held and
@@ -29,18 +30,17 @@ import time
 
 from confluent_kafka import KafkaError, KafkaException
 
-from mgeo.kafka import client_logging
 from mgeo.logs import RateLimitedLog
-from mgeo.settings import WorkerSettings, redact
-from mgeo.worker.stream.clients import Clients, consumer_config, kafka_clients, producer_config
-from mgeo.worker.stream.delivery import Answers, AtLeastOnce, Delivery
+from mgeo.settings import WorkerSettings
+from mgeo.worker.stream.clients import Clients, fatal_line, kafka_clients, open_clients
+from mgeo.worker.stream.compose import ComposeSteps, Wiring, compose
+from mgeo.worker.stream.delivery import Delivery
 from mgeo.worker.stream.events import Control, Observer, Stats
 from mgeo.worker.stream.inference import InferenceStage
 from mgeo.worker.stream.intake import FatalStop, Intake
 from mgeo.worker.stream.liveness import ReadWatch
 from mgeo.worker.stream.offsets import TP, OffsetTracker
 from mgeo.worker.stream.scoring import Scorer
-from mgeo.worker.stream.transactions import ExactlyOnce
 
 log = logging.getLogger("mgeo.worker")
 
@@ -52,8 +52,9 @@ BATCH_GRACE = 5.0
 class StreamProcessor:
     def __init__(self, settings: WorkerSettings, scorer: Scorer, *,
                  observer: Observer | None = None, clients: Clients | None = None,
-                 stats: Stats | None = None):
+                 stats: Stats | None = None, steps: ComposeSteps = compose):
         self.s = settings
+        self.compose = steps
         self.scorer = scorer
         self.observer = observer
         self.clients = clients or kafka_clients()
@@ -63,20 +64,13 @@ class StreamProcessor:
         self.progress = self.control.progress  # notified whenever work moves or stops
         self.consumer = None
         self.producer = None
+        self.intake: Intake | None = None
+        self.stage: InferenceStage | None = None  # started once the delivery step is ready
         self.delivery: Delivery | None = None
         self._ratelog = RateLimitedLog(log)
         self._paused = False
         self._closing = False
-        self._deadline: float | None = None  # set when stopping: bounds the whole drain
         self._last_commit = time.monotonic()
-        self.intake = Intake(
-            topic=settings.input_topic, output_topic=settings.output_topic,
-            dlq_topic=settings.dlq_topic, max_bytes=settings.max_request_bytes,
-            max_chars=settings.max_address_chars,
-            dead_letter_window=settings.dead_letter_window,
-            max_dead_letter_ratio=settings.max_dead_letter_ratio, error_value=scorer.error,
-            tracker=self.tracker, stats=self.stats, ratelog=self._ratelog)
-        self.stage: InferenceStage | None = None
         self.watch = ReadWatch(self.stats, settings.liveness_timeout)
 
     # -- control (see events.Control) -----------------------------------------------------
@@ -122,26 +116,16 @@ class StreamProcessor:
 
     def _open(self) -> None:
         s = self.s
-        # One rate limiter for both clients: a broker that is down is one story, told once
-        # per interval per kind of error, not once per client.
-        logging_conf = client_logging("mgeo.kafka", on_fatal=self._client_fatal)
-        cconf = consumer_config(s, **logging_conf, stats_cb=(
-            self.observer.librdkafka_stats if self.observer is not None else None))
-        pconf = producer_config(s, **logging_conf)
-        log.info("starting: input %s, output %s, dead letters %s, group %s, bootstrap %s, %s",
-                 s.input_topic, s.output_topic, s.dlq_topic, s.group_id, s.bootstrap_servers,
-                 s.delivery)
-        log.debug("consumer config %s", redact({k: str(v) for k, v in cconf.items()}))
-        self.consumer = self.clients.consumer(cconf)
-        self.producer = self.clients.producer(pconf)
-        self.delivery = _delivery(self, pconf)
-        if self.control.stopping.is_set():  # told to stop while it was being set up
-            return
-        self.stage = InferenceStage(self.scorer, self.delivery.publish, tracker=self.tracker,
-                                    stats=self.stats, max_pairs=s.max_batch_pairs,
-                                    on_failure=self.fail, progress=self.progress,
-                                    observer=self.observer,
-                                    prefetch=self.scorer.engine.device != "cpu")
+        self.consumer, self.producer = open_clients(
+            s, self.clients, on_fatal=lambda err: self.fail(FatalStop(fatal_line(s, err))),
+            stats_cb=self.observer.librdkafka_stats if self.observer is not None else None)
+        steps = self.compose(Wiring(s, self.scorer, self.producer, self.tracker, self.stats,
+                                    self.control, self.observer))
+        self.intake, self.delivery = steps.intake, steps.delivery
+        # (exactly-once: after its transactional id is ready)
+        if not self.delivery.start() or self.control.stopping.is_set():
+            return  # told to stop while it was being set up
+        self.stage = steps.inference
         self.stage.start()
         self.consumer.subscribe([s.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -153,47 +137,27 @@ class StreamProcessor:
             msgs = [first]
             if self.s.consume_batch > 1:  # and whatever else is already fetched, no waiting
                 msgs += self.consumer.consume(self.s.consume_batch - 1, 0)
-            good = [m for m in msgs if m.error() is None or self._consumer_error(m.error())]
-            unit = self.intake.take(good) if good else None
-            if unit is not None:
-                self.stage.put(unit)
-                for p in unit.segs:
-                    self.watch.read((self.s.input_topic, p), now)
+            good = [m for m in msgs if m.error() is None or _readable(m.error(), self._ratelog)]
+            if good:
+                self.intake.submit(good)
+                for tp in {(self.s.input_topic, m.partition()) for m in good}:
+                    if self.tracker.owns(tp):
+                        self.watch.read(tp, now)
+        for step in (self.intake, self.stage, self.delivery):
+            step.poll()
         if now - self._last_commit >= self.s.commit_interval:
             self._commit()
         self._backpressure()
         self.watch.check(self.consumer, self._paused, now)
-        self.stats.last_tick = now
-        self.stats.last_tick_unix = time.time()
+        self.stats.ticked(now)
         if self.s.max_messages and self.stats.answered >= self.s.max_messages:
             log.info("answered %d messages (--max-messages); stopping", self.stats.answered)
             self.control.stop()
-
-    def _consumer_error(self, err: KafkaError) -> bool:
-        if err.fatal():
-            raise FatalStop(f"fatal consumer error: {err.str()}")
-        self._ratelog(f"consume:{err.code()}", logging.WARNING, "consumer: %s", err.str())
-        return False
-
-    def _client_fatal(self, err: KafkaError) -> None:
-        hint = ""
-        if err.code() == KafkaError._FENCED and self.s.delivery == "exactly-once":
-            hint = (". Another worker uses the same transactional id "
-                    f"({self.s.transactional_id_or_default()}): give each worker its own "
-                    "--transactional-id (e.g. the pod name)")
-        self.fail(FatalStop(f"fatal Kafka client error: {err.str()}{hint}"))
 
     def _commit(self, tps: set[TP] | None = None) -> None:
         self._last_commit = time.monotonic()
         if self.failure is None:
             self.delivery.commit(self.consumer, tps)
-
-    def _txn_deadline(self) -> float:
-        # A transactional call blocks the loop: stay well inside max.poll.interval.ms, and
-        # inside the drain's deadline when stopping.
-        limit = time.monotonic() + min(self.s.shutdown_timeout,
-                                       self.s.max_poll_interval_ms / 2000)
-        return min(limit, self._deadline) if self._deadline else limit
 
     def _backpressure(self) -> None:
         """Pause every partition held when too much is in flight; resume every partition held
@@ -241,7 +205,7 @@ class StreamProcessor:
         if self.failure is None:
             self.stage.drop_queued(tps)
             if not self._closing:  # (when closing, the drain already waited)
-                deadline = self._deadline or time.monotonic() + self.s.shutdown_timeout
+                deadline = self.control.bounded(self.s.shutdown_timeout)
                 finished = self.control.wait(lambda: not self.stage.busy(tps)
                                       and self.delivery.settled(tps), deadline)
             try:
@@ -249,15 +213,8 @@ class StreamProcessor:
             except FatalStop as exc:
                 self.fail(exc)
         unanswered = self._release(tps)
-        if self.failure is not None:
-            what = "nothing committed after the failure"
-        elif finished:
-            what = "answered work committed"
-        else:
-            what = "answered work committed; the wait for the rest was cut short"
-        if unanswered:
-            what += f"; {unanswered} unanswered requests go to the next owner"
-        log.info("revoked %d partitions: %s (%s)", len(tps), _names(tps), what)
+        log.info("revoked %d partitions: %s (%s)", len(tps), _names(tps),
+                 _revoked(self.failure is not None, finished, unanswered))
 
     def _release(self, tps: set[TP]) -> int:
         unanswered = sum(self.tracker.release(tp) for tp in tps)
@@ -282,7 +239,7 @@ class StreamProcessor:
     # -- shutdown ----------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        deadline = self._deadline = time.monotonic() + self.s.shutdown_timeout
+        deadline = self.control.deadline = time.monotonic() + self.s.shutdown_timeout
         if self.consumer is not None:
             try:
                 self.consumer.pause(self.consumer.assignment())
@@ -310,7 +267,8 @@ class StreamProcessor:
         if self.stage is not None:
             self.stage.join(BATCH_GRACE)
         if self.delivery is not None:
-            self.delivery.close(1.0 if hurry else max(1.0, deadline - time.monotonic()))
+            self.delivery.close()
+            self.delivery.join(1.0 if hurry else max(1.0, deadline - time.monotonic()))
         log.info("stopped: %d answered (%d scored, %d error results, %d dead letters)",
                  self.stats.answered, self.stats.scored, self.stats.error_results,
                  self.stats.dead_letters)
@@ -342,22 +300,26 @@ class StreamProcessor:
             log.warning("closing the consumer: %s", _reason(exc))
 
 
-def _delivery(proc: StreamProcessor, pconf: dict) -> Delivery:
-    """The delivery strategy of the settings, on the processor's producer."""
-    s = proc.s
-    answers = Answers(output_topic=s.output_topic, dlq_topic=s.dlq_topic,
-                      model_name=proc.scorer.model_name)
-    if s.delivery != "exactly-once":
-        return AtLeastOnce(proc.producer, tracker=proc.tracker, stats=proc.stats,
-                           answers=answers, on_failure=proc.fail, progress=proc.progress,
-                           ratelog=proc._ratelog)
-    eos = ExactlyOnce(proc.producer, tracker=proc.tracker, stats=proc.stats, answers=answers,
-                      intake=proc.intake, on_failure=proc.fail, progress=proc.progress,
-                      ratelog=proc._ratelog, txn_deadline=proc._txn_deadline,
-                      transactional_id=pconf["transactional.id"], stop=proc.control.stopping)
-    if eos.init():
-        log.info("exactly-once: transactional id %s ready", pconf["transactional.id"])
-    return eos
+def _readable(err: KafkaError, ratelog: RateLimitedLog) -> bool:
+    """A consumer error in place of a message: a fatal one stops the worker, the others are
+    logged (rate-limited) and passed over."""
+    if err.fatal():
+        raise FatalStop(f"fatal consumer error: {err.str()}")
+    ratelog(f"consume:{err.code()}", logging.WARNING, "consumer: %s", err.str())
+    return False
+
+
+def _revoked(failed: bool, finished: bool, unanswered: int) -> str:
+    """What became of a revoked partition's work, for the log."""
+    if failed:
+        what = "nothing committed after the failure"
+    elif finished:
+        what = "answered work committed"
+    else:
+        what = "answered work committed; the wait for the rest was cut short"
+    if unanswered:
+        what += f"; {unanswered} unanswered requests go to the next owner"
+    return what
 
 
 def _reason(exc: BaseException) -> str:

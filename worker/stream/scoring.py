@@ -61,6 +61,8 @@ class Scorer:
         self.engine = engine
         self.model_name = engine.model_name
         self.lanes = engine.lanes
+        # With an accelerator, one batch more is prepared while the device runs one.
+        self.prefetch = engine.device != "cpu"
         self.labels = list(engine.labels)
         self._results = wire.ResultEncoder(self.labels, engine.positive, self.model_name)
         self.failed_pairs = 0

@@ -8,10 +8,10 @@ transaction timeout), before it gives partitions up, and at shutdown.
 
 A transaction that fails is aborted, and every partition is rewound to its committed offset and
 read again. An answer the broker refused for good (too large, invalid) is remembered by its input
-offset, so that when that input comes round again its bounded substitute is sent instead: the
-same failure cannot abort transactions forever; a substitute refused too stops the worker. A
-fatal error (another worker took over the
-transactional id: fenced) stops the worker; after it, nothing more is committed.
+offset (answers.Replacements), so that when that input comes round again its bounded substitute
+is sent instead: the same failure cannot abort transactions forever; a substitute refused too
+stops the worker. A fatal error (another worker took over the transactional id: fenced) stops
+the worker; after it, nothing more is committed.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mgeo.logs import RateLimitedLog
-from mgeo.worker.stream.delivery import Answers, answers_of, is_permanent, unwritable
-from mgeo.worker.stream.events import Stats
-from mgeo.worker.stream.intake import FatalStop, Intake, Unit
+from mgeo.worker.stream.answers import (Answer, Answers, Replacements, Tally, is_permanent,
+                                       unwritable)
+from mgeo.worker.stream.delivery import Serving
+from mgeo.worker.stream.intake import FatalStop, Unit
 from mgeo.worker.stream.offsets import TP, OffsetTracker, Segment
 
 log = logging.getLogger("mgeo.worker")
@@ -65,28 +66,29 @@ def transactional_call(call: Callable[[float], object], what: str, *, deadline: 
 
 
 class ExactlyOnce:
-    def __init__(self, producer, *, tracker: OffsetTracker, stats: Stats, answers: Answers,
-                 intake: Intake, on_failure: Callable[[BaseException], None],
-                 progress: threading.Condition, ratelog: RateLimitedLog,
-                 txn_deadline: Callable[[], float], transactional_id: str,
-                 stop: threading.Event | None = None):
-        self.producer, self.tracker, self.stats, self.answers = producer, tracker, stats, answers
-        self.intake, self.on_failure, self.progress = intake, on_failure, progress
-        self.ratelog, self.txn_deadline = ratelog, txn_deadline
-        self.transactional_id, self.stop = transactional_id, stop
+    """The delivery step of exactly-once: answers go into the open transaction at once; the
+    Kafka loop commits it with the offsets it completes."""
+
+    def __init__(self, producer, *, tracker: OffsetTracker, answers: Answers,
+                 replacements: Replacements, on_failure: Callable[[BaseException], None],
+                 moved: Callable[[], None], txn_deadline: Callable[[], float],
+                 transactional_id: str, stop: threading.Event | None = None):
+        self.producer, self.tracker, self.answers = producer, tracker, answers
+        self.stats, self.ratelog = answers.stats, answers.ratelog
+        self.replacements, self.on_failure, self.moved = replacements, on_failure, moved
+        self.txn_deadline, self.transactional_id, self.stop = txn_deadline, transactional_id, stop
         self.fenced_hint = (f"If it was fenced, another worker uses the same transactional id "
                             f"({transactional_id}): give each worker its own --transactional-id "
                             "(e.g. the pod name)")
         self.lock = threading.RLock()
         self.failed = False
-        self._in_txn = False
-        self._segments: list[Segment] = []     # of the open transaction, in input order
-        self._error: str | None = None         # the open transaction cannot commit
-        self._refused: deque = deque()         # answers the broker refused (callback threads)
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="delivery", daemon=True)
+        self._in_txn = False                    # a transaction is open
+        self._open: dict[Segment, Tally] = {}   # of the open transaction, in input order
+        self._error: str | None = None          # the open transaction cannot commit
+        self._refused: deque = deque()          # answers the broker refused (serving thread)
+        self._serving = Serving(producer, self._serving_failed)
 
-    def init(self) -> bool:
+    def start(self) -> bool:
         """Initialise the transactional id (fencing any earlier incarnation), then serve;
         False when told to stop first. Calls of a second at most, so that a signal (handled
         between them) is honoured at once."""
@@ -100,43 +102,35 @@ class ExactlyOnce:
             raise FatalStop(f"exactly-once: cannot initialise the transactional id "
                             f"{self.transactional_id} ({exc}); check that the brokers are "
                             "reachable and support transactions. A restart tries again") from None
-        self._thread.start()
+        self._serving.start()
+        log.info("exactly-once: transactional id %s ready", self.transactional_id)
         return True
 
-    def _serve(self) -> None:
-        try:
-            while not self._closed.is_set():
-                self.producer.poll(0.2)  # delivery reports; refusals land in _refused
-        except KafkaException as exc:  # fatal (fenced...): no transaction can commit now
-            self.failed = True
-            self.on_failure(FatalStop(f"exactly-once: the transactional producer failed "
-                                      f"fatally: {exc.args[0].str()}. {self.fenced_hint}"))
-        except Exception as exc:  # noqa: BLE001
-            self.failed = True
-            self.on_failure(exc)
+    def _serving_failed(self, exc: BaseException) -> None:
+        self.failed = True  # no transaction can commit now
+        if isinstance(exc, KafkaException):  # fatal (fenced...)
+            exc = FatalStop(f"exactly-once: the transactional producer failed fatally: "
+                            f"{exc.args[0].str()}. {self.fenced_hint}")
+        self.on_failure(exc)
 
     # -- the inference thread ----------------------------------------------------------------
 
-    def publish(self, unit: Unit) -> None:
+    def submit(self, unit: Unit) -> None:
         with self.lock:
             if self.failed or self._error is not None:
                 return  # this transaction aborts: the unit is read again after the rewind
             with self.tracker.lock:
-                live = {p for p, seg in unit.segs.items() if self.tracker.live(seg)}
+                live = {p: seg for p, seg in unit.segs.items() if self.tracker.live(seg)}
                 if not live:
                     return
+                tallies = {p: Tally() for p in live}
                 try:
                     if not self._in_txn:
                         self.producer.begin_transaction()
                         self._in_txn = True
-                    for i, topic, value, key, headers, kind in answers_of(
-                            unit, live, self.answers.output_topic):
-                        seg = unit.segs[unit.msgs[i].partition()]
-                        reason = unit.replace.get(i)
-                        if reason is not None:
-                            topic, value, key, headers, kind = self._substitute(
-                                unit, i, topic, value, key, headers, reason)
-                        self._produce(unit, i, seg, topic, value, key, headers, kind)
+                    for a in self.answers.of(unit, set(live)):
+                        m = unit.msgs[a.index]
+                        tallies[m.partition()].add(self._produce(m, a))
                 except KafkaException as exc:
                     err = exc.args[0]
                     if err.fatal():
@@ -144,49 +138,34 @@ class ExactlyOnce:
                                         f"{self.fenced_hint}") from None
                     self._error = f"producing failed: {err.str()}"
                     return
-                for p in live:
-                    unit.segs[p].published = True
-                    self._segments.append(unit.segs[p])
+                for p, seg in live.items():
+                    self._open[seg] = tallies[p]
 
-    def _produce(self, unit: Unit, i: int, seg: Segment, topic, value, key, headers,
-                 kind: int) -> None:
+    def poll(self) -> None:
+        """(The serving thread serves delivery reports.)"""
+
+    def _produce(self, m, a: Answer):
+        """Produce `a` (its substitute when the broker refuses it at once); its kind."""
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=partial(self._delivered, unit, i))
-                break
-            except BufferError:  # the local queue is full: the delivery thread drains it
+                self.producer.produce(a.topic, value=a.value, key=a.key, headers=a.headers,
+                                      on_delivery=partial(self._delivered, m, a))
+                return a.kind
+            except BufferError:  # the local queue is full: the serving thread drains it
                 self.producer.flush(0.5)
             except KafkaException as exc:
                 if not is_permanent(exc.args[0]):
                     raise
-                if i in unit.replace:  # the substitute itself: nothing smaller is left
-                    raise FatalStop(f"exactly-once: {unwritable(topic, exc.args[0].str())}") \
+                if a.substitute:  # nothing smaller is left
+                    raise FatalStop(f"exactly-once: {unwritable(a.topic, exc.args[0].str())}") \
                         from None
                 # Refused before it reached the transaction (e.g. over message.max.bytes):
                 # send the substitute instead; the transaction is unharmed.
-                unit.replace[i] = exc.args[0].str()
-                topic, value, key, headers, kind = self._substitute(
-                    unit, i, topic, value, key, headers, exc.args[0].str())
-        if kind == 0:
-            seg.results += 1
-        elif kind == 1:
-            seg.errors += 1
-        else:
-            seg.dead += 1
+                a = self.answers.substitute(a, exc.args[0].str())
 
-    def _substitute(self, unit: Unit, i: int, topic, value, key, headers, reason: str):
-        m = unit.msgs[i]
-        sub = self.answers.substitute(topic, value, key, headers, reason,
-                                      f"{m.topic()}[{m.partition()}]@{m.offset()}")
-        self.stats.substituted += 1
-        self.ratelog(f"substitute:{topic}", logging.WARNING, "an answer could not be written "
-                     "to %s (%s, permanent): sent a bounded substitute instead", topic, reason)
-        return (*sub, self.answers.kind(sub[0], sub[1]))
-
-    def _delivered(self, unit: Unit, i: int, err: KafkaError | None, msg) -> None:
-        if err is not None:  # (which answer: by unit and index; reports carry no headers)
-            self._refused.append((unit, i, err))
+    def _delivered(self, m, a: Answer, err: KafkaError | None, msg) -> None:
+        if err is not None:  # (which answer: kept here; reports carry no headers)
+            self._refused.append((m, a, err))
 
     # -- the Kafka loop ----------------------------------------------------------------------
 
@@ -200,9 +179,9 @@ class ExactlyOnce:
                     raise _Abort(self._error or "an answer was refused")
                 if not self._in_txn:
                     return
-                if not all(self.tracker.live(s) for s in self._segments):
+                if not all(self.tracker.live(s) for s in self._open):
                     raise _Abort("it holds answers of partitions no longer ours")
-                positions = {s.tp: s.end for s in self._segments}
+                positions = {s.tp: s.end for s in self._open}
                 offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
                 deadline = self.txn_deadline()
                 transactional_call(lambda timeout: self.producer.send_offsets_to_transaction(
@@ -217,22 +196,13 @@ class ExactlyOnce:
             except FatalStop:
                 self.failed = True
                 raise
-            self._settle(positions)
-
-    def _settle(self, positions: dict[TP, int]) -> None:
-        s = self.stats
-        for seg in self._segments:
-            if self.tracker.complete(seg):
-                s.answered += seg.count
-                s.scored += seg.results
-                s.error_results += seg.errors
-                s.dead_letters += seg.dead
-        self.tracker.committed(positions)
-        s.commits += 1
-        self._segments = []
-        self._in_txn = False
-        with self.progress:
-            self.progress.notify_all()
+            for seg, tally in self._open.items():
+                self.answers.settle(seg, tally)
+            self.tracker.committed(positions)
+            self.stats.commits += 1
+            self._open = {}
+            self._in_txn = False
+        self.moved()
 
     def _abort(self, consumer, reason: str) -> None:
         """Abort the open transaction and read again every input it answered."""
@@ -254,7 +224,7 @@ class ExactlyOnce:
                 raise
         self._in_txn = False
         self._error = None
-        self._segments = []
+        self._open = {}
         self.stats.aborts += 1
         if unwritten is not None:
             self.failed = True
@@ -271,23 +241,20 @@ class ExactlyOnce:
                 self.failed = True
                 raise FatalStop(f"exactly-once: cannot rewind {tp[0]}[{tp[1]}] to {target} "
                                 f"after an abort: {exc.args[0].str()}") from None
-        with self.progress:
-            self.progress.notify_all()
+        self.moved()
 
     def _remember_refusals(self) -> str | None:
         """Answers refused for good are replaced by their substitutes when read again; a
         refused substitute is the end (the line to stop with, else None)."""
         unwritten = None
         while self._refused:
-            unit, i, err = self._refused.popleft()
+            m, a, err = self._refused.popleft()
             if not is_permanent(err):
                 continue
-            if i in unit.replace:
-                topic = unit.answers[i][0] if i in unit.answers else self.answers.output_topic
-                unwritten = unwritten or unwritable(topic, err.str())
+            if a.substitute:
+                unwritten = unwritten or unwritable(a.topic, err.str())
                 continue
-            m = unit.msgs[i]
-            self.intake.replace[(m.partition(), m.offset())] = err.str()
+            self.replacements.remember(m.partition(), m.offset(), err.str())
         return unwritten
 
     def lost(self, consumer, tps: set[TP]) -> None:
@@ -302,7 +269,8 @@ class ExactlyOnce:
         with self.lock:
             return not self._in_txn or self.failed
 
-    def close(self, timeout: float) -> None:
-        self._closed.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+    def close(self) -> None:
+        self._serving.close()
+
+    def join(self, timeout: float) -> bool:
+        return self._serving.join(timeout)
