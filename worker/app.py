@@ -46,22 +46,19 @@ def run(s: WorkerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        engine, processor, server = _start(s, state)
+        worker = _start(s, state)
     except _StopBeforeStart as exc:
         log.info("%s while starting: stopped before reading anything", exc)
         return 0
-    if processor is None:
+    if worker is None:
         return 2
-    try:
-        code = processor.run()
-    except Exception as exc:  # noqa: BLE001 - one line and exit 1, never a traceback
-        log.error("mgeo worker stopped on an unexpected error: %s: %s", type(exc).__name__, exc)
-        log.debug("details", exc_info=True)
-        code = 1
-    finally:
-        if server is not None:
-            server.stop()
-    return _close(engine, processor, code)
+    code = worker.run()
+    if worker.closed:
+        return code
+    logging.shutdown()  # a batch still runs in the engine: leave without the interpreter's exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 MMAP_THRESHOLD = 4 << 20  # bytes: larger blocks are mmapped, and given back when freed
@@ -97,53 +94,132 @@ def _steady_heap() -> None:
     threading.Thread(target=trim_now_and_then, name="heap-trim", daemon=True).start()
 
 
-def _close(engine, processor, code: int) -> int:
-    """Close the engine, so that no thread of it is inside torch when the interpreter exits
-    (that aborts the process: "terminate called without an active exception"). The processor
-    has waited for the batch on the model to end; if it still runs, leave at once, without the
-    interpreter's exit (consumer and producer are closed, nothing is left to write)."""
-    from mgeo.worker.stream.processor import BATCH_GRACE
+class Worker:
+    """One worker in this process: the Kafka loop (its composed steps, stream/compose.py) over
+    an engine, and its metrics server. It owns them all from the start: `run` serves until
+    `stop` (or --max-messages, or a failure) and closes each of them on the way out, whatever
+    the way, the engine included; a constructor that fails closes what it was given.
 
-    if processor.stage is None or processor.stage.join(0):
-        engine.close()
+    Example (a test runs it, tests/test_embedding.py)::
+
+        import threading
+        from mgeo.worker import Engine, Worker, WorkerSettings
+
+        settings = WorkerSettings(bootstrap_servers="127.0.0.1:9092", input_topic="requests",
+                                  output_topic="results", dlq_topic="requests.dlq",
+                                  group_id="my-app", device="cpu", max_messages=10)
+        worker = Worker(settings, Engine.from_settings(settings))
+        threading.Timer(600, worker.stop).start()  # or from your own shutdown hook
+        code = worker.run()  # 0 once 10 messages are answered; 1 after a failure
+        assert code == 0 and worker.closed
+    """
+
+    def __init__(self, settings: WorkerSettings, engine, *, clients=None):
+        from mgeo.worker.stream.events import Stats
+        from mgeo.worker.stream.health import HealthServer, loop_liveness
+        from mgeo.worker.stream.metrics import Metrics
+        from mgeo.worker.stream.processor import StreamProcessor
+        from mgeo.worker.stream.scoring import Scorer
+
+        self.engine, self.closed = engine, False
+        self.server = None
+        try:
+            stats = Stats()
+            metrics = None
+            if settings.metrics_port is not None:
+                metrics = Metrics(stats, engine.stats, lambda: self.processor.tracker.inflight,
+                                  queues=self._depths)
+                engine.add_observer(metrics)
+            self.processor = StreamProcessor(settings, Scorer(engine), observer=metrics,
+                                             stats=stats, clients=clients)
+            if metrics is not None:
+                self.server = HealthServer(
+                    metrics.registry, settings.metrics_port,
+                    live=loop_liveness(stats, settings.liveness_timeout),
+                    ready=lambda: stats.ready, host=settings.metrics_host).start()
+        except BaseException:
+            engine.close()
+            self.closed = True
+            raise
+
+    @property
+    def stats(self):
+        return self.processor.stats
+
+    def _depths(self) -> dict[str, int]:
+        stage = self.processor.stage
+        return stage.depths() if stage is not None else {}
+
+    def stop(self) -> None:
+        """Stop reading, finish and commit what was read, then `run` returns."""
+        self.processor.stop()
+
+    def hurry(self) -> None:
+        """Leave now: commit what is answered; the rest is read again by the next owner."""
+        self.processor.hurry()
+
+    def run(self) -> int:
+        """Serve until stopped; the exit code (0, or 1 after a failure, said in one line)."""
+        try:
+            code = self.processor.run()
+        except Exception as exc:  # noqa: BLE001 - one line and exit 1, never a traceback
+            log.error("mgeo worker stopped on an unexpected error: %s: %s",
+                      type(exc).__name__, exc)
+            log.debug("details", exc_info=True)
+            code = 1
+        finally:
+            if self.server is not None:
+                self.server.stop()
+            self.close()
         return code
-    log.warning("leaving while a model batch still runs (%.0fs after the stop); its requests "
-                "are read again", BATCH_GRACE)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+
+    def close(self) -> None:
+        """Close the engine, so that no thread of it is inside torch when the interpreter
+        exits (that aborts the process: "terminate called without an active exception"). The
+        processor has waited for the batch on the model to end; while it still runs the
+        engine stays open (`closed` False), and the CLI leaves without the interpreter's
+        exit (consumer and producer are closed, nothing is left to write)."""
+        from mgeo.worker.stream.processor import BATCH_GRACE
+
+        if self.closed:
+            return
+        stage = self.processor.stage
+        if stage is None or stage.join(0):
+            self.engine.close()
+            self.closed = True
+            return
+        log.warning("leaving while a model batch still runs (%.0fs after the stop); its "
+                    "requests are read again", BATCH_GRACE)
 
 
-def _start(s: WorkerSettings, state: dict):
-    """Load the model and build the processor (and its metrics server); (None, None, None)
-    when the model cannot be loaded, which is said in one line."""
+def load_engine(s: WorkerSettings):
+    """The engine of the settings, its model loaded and said in one line; None (and why, on
+    stderr) when the model cannot be loaded."""
     from mgeo.worker.inference.engine import Engine
-    from mgeo.worker.stream.events import Stats
-    from mgeo.worker.stream.health import HealthServer, loop_liveness
-    from mgeo.worker.stream.metrics import Metrics
-    from mgeo.worker.stream.processor import StreamProcessor
-    from mgeo.worker.stream.scoring import Scorer
 
     try:
         engine = Engine.from_settings(s)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"mgeo worker: cannot load the model: {exc}", file=sys.stderr)
-        return None, None, None
+        return None
     log.info("model %s loaded on %s (%s, %s batches, %d lane(s) of %d thread(s)), labels %s, "
              "score = P(%s), token budget %d", engine.model_name, engine.device,
              engine.precision, engine.layout, engine.lanes, engine.lane_threads, engine.labels,
              " + ".join(engine.positive), engine.token_budget)
-    stats = Stats()
-    metrics = server = None
-    if s.metrics_port is not None:
-        metrics = Metrics(stats, engine.stats, lambda: processor.tracker.inflight,
-                          queues=lambda: processor.stage.depths() if processor.stage else {})
-        engine.add_observer(metrics)
-    processor = StreamProcessor(s, Scorer(engine), observer=metrics, stats=stats)
-    if metrics is not None:
-        server = HealthServer(metrics.registry, s.metrics_port,
-                              live=loop_liveness(stats, s.liveness_timeout),
-                              ready=lambda: stats.ready, host=s.metrics_host).start()
-    state["processor"] = processor
-    return engine, processor, server
+    return engine
+
+
+def _start(s: WorkerSettings, state: dict) -> Worker | None:
+    """Load the model and build the worker; None when the model cannot be loaded."""
+    engine = load_engine(s)
+    if engine is None:
+        return None
+    worker = None
+    try:
+        worker = Worker(s, engine)  # (closes the engine if it fails)
+        state["processor"] = worker.processor
+    except BaseException:  # a signal in between, too
+        if worker is not None:
+            worker.close()
+        raise
+    return worker
