@@ -79,7 +79,7 @@ class Collector:
         the partitions' watermarks), for a progress bar; None when unknown."""
         if not self._from_beginning or self._reader.group_id is not None:
             return None
-        consumer = self._reader._consumer
+        consumer = self._reader.consumer
         total = 0
         try:
             for tp in consumer.assignment():

@@ -69,7 +69,7 @@ class Publisher:
         self.topic = topic
         self.report = PublishReport()
         self._producer = Producer({**client_logging("mgeo.produce"), **config})
-        self._on_delivered = None
+        self.on_delivered = None  # called after each delivery report (a progress bar)
 
     def _delivery(self, err, msg) -> None:
         if err is None:
@@ -79,8 +79,8 @@ class Publisher:
         else:
             self.report.failed += 1
             self.report.note(f"id {msg.key()!r}: {err.str()}")
-        if self._on_delivered is not None:
-            self._on_delivered()
+        if self.on_delivered is not None:
+            self.on_delivered()
 
     def send(self, id: str, value: bytes, key: bytes | None = None,
              headers: list | None = None) -> None:
@@ -219,7 +219,7 @@ def run(s: ProduceSettings) -> int:
         show = s.progress and sys.stderr.isatty()
         bar = tqdm(total=total if s.start_line == 1 else None, desc="published",
                    unit=" pairs", disable=not show)
-        pub._on_delivered = lambda: bar.update(1)
+        pub.on_delivered = lambda: bar.update(1)
         try:
             publish_rows(pub, reader, s.start_line)
         except ReadFailed as exc:

