@@ -104,8 +104,8 @@ class MemoryBroker:
 
 
 class MemoryConsumer:
-    def __init__(self, broker: MemoryBroker, conf: dict):
-        self.broker, self.conf = broker, conf
+    def __init__(self, broker: MemoryBroker, conf: dict, group: bool = False):
+        self.broker, self.conf, self.group = broker, conf, group
         self.positions: dict[tuple[str, int], int] = {}
         self.paused: set[tuple[str, int]] = set()
         self.events: deque = deque()     # rebalance events to run inside the next poll
@@ -128,6 +128,8 @@ class MemoryConsumer:
 
     def subscribe(self, topics, on_assign=None, on_revoke=None, on_lost=None):
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+        if self.group:  # a group of one: every partition, at the first poll
+            self.rebalance("assign", [(t, p) for t in topics for p in self.broker.partitions(t)])
 
     def _serve_events(self) -> None:
         while self.events:
@@ -308,14 +310,16 @@ class MemoryProducer:
         self.txn = None
 
 
-def clients(broker: MemoryBroker):
-    """The factories a `StreamProcessor` takes, remembering the clients they made."""
+def clients(broker: MemoryBroker, group: bool = False):
+    """The factories a `StreamProcessor` takes, remembering the clients they made; `group`:
+    the consumer is assigned every partition when it subscribes, as a group of one is (else
+    the test decides when rebalances happen)."""
     from mgeo.worker.stream.clients import Clients
 
     made: dict = {}
 
     def consumer(conf):
-        made["consumer"] = MemoryConsumer(broker, conf)
+        made["consumer"] = MemoryConsumer(broker, conf, group)
         return made["consumer"]
 
     def producer(conf):

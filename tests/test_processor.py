@@ -1,6 +1,8 @@
 """The Kafka loop's logic without a broker: in-memory clients (tests/memory_kafka.py), the test
-deciding when rebalances happen and when the engine may finish. Every guarantee tested here is
-also tested against the real broker (test_loop.py, test_faults.py, test_failure_modes.py)."""
+deciding when rebalances happen and when the engine may finish, which a real broker cannot
+let it do. The loop's behaviour that needs no such control runs on both brokers from one
+body (test_loop.py); the real broker's contract and faults: test_faults.py,
+test_failure_modes.py."""
 
 from __future__ import annotations
 
@@ -247,15 +249,6 @@ def test_a_partition_lost_while_paused_is_read_when_it_comes_back():
     h.until(lambda: h.broker.committed.get(("in", 0)) == 10, "every offset committed")
     assert h.answered_ids() == sorted(ids("a", 10))
     assert h.stop() == 0
-
-
-def test_a_broken_engine_stops_on_one_pair_batches_and_commits_nothing():
-    h = Harness(engine=RuleEngine(broken=True))
-    h.assign()
-    h.send(0, ["only"])  # a quiet topic: one request a batch
-    h.thread.join(WAIT)
-    assert h.rc == [1]
-    assert h.answers() == [] and h.broker.committed == {}
 
 
 def test_two_unscorable_pairs_alone_are_answered_and_the_worker_goes_on():
