@@ -100,18 +100,8 @@ class Worker:
     `stop` (or --max-messages, or a failure) and closes each of them on the way out, whatever
     the way, the engine included; a constructor that fails closes what it was given.
 
-    Example (a test runs it, tests/test_embedding.py)::
-
-        import threading
-        from mgeo.worker import Engine, Worker, WorkerSettings
-
-        settings = WorkerSettings(bootstrap_servers="127.0.0.1:9092", input_topic="requests",
-                                  output_topic="results", dlq_topic="requests.dlq",
-                                  group_id="my-app", device="cpu", max_messages=10)
-        worker = Worker(settings, Engine.from_settings(settings))
-        threading.Timer(600, worker.stop).start()  # or from your own shutdown hook
-        code = worker.run()  # 0 once 10 messages are answered; 1 after a failure
-        assert code == 0 and worker.closed
+    The embedding API (`from mgeo.worker import Worker`): see the example in
+    worker/__init__.py.
     """
 
     def __init__(self, settings: WorkerSettings, engine, *, clients=None):
