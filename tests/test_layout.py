@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -277,3 +278,13 @@ def _private_reaches_in(path: Path) -> list[str]:
         return _private_reaches(path)
     finally:
         ROOT = saved
+
+
+@pytest.mark.skipif(shutil.which("duplicates") is None,
+                    reason="the duplicate-code checker (`duplicates`) is not installed")
+def test_no_block_of_six_lines_is_written_twice_in_the_worker():
+    """What two places share is written once, where both use it (answers.py for the two
+    delivery modes, delivery.Serving for their serving threads...)."""
+    out = subprocess.run(["duplicates", "--repo", str(ROOT / "worker"), "--min-lines", "6",
+                          "--most", "20"], capture_output=True, text=True, timeout=120).stdout
+    assert out.startswith("no duplicates"), out

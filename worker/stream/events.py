@@ -55,6 +55,16 @@ class Stats:
         self.stalled: dict[tuple[str, int], int] = {}
         self.stall_reason: str | None = None
 
+    def joined(self, tps) -> None:
+        """(Kafka loop) An assignment (maybe empty): the worker is in the group."""
+        self.assignments += 1
+        self.ready = True
+        self.assigned = sorted(set(self.assigned) | set(tps))
+
+    def left(self, tps) -> None:
+        """(Kafka loop) These partitions are no longer held."""
+        self.assigned = [tp for tp in self.assigned if tp not in tps]
+
     def ticked(self, now: float) -> None:
         """(Kafka loop) A tick ended at time.monotonic `now`: the loop is alive."""
         self.last_tick = now

@@ -50,6 +50,8 @@ BATCH_GRACE = 5.0
 
 
 class StreamProcessor:
+    """The Kafka loop over the composed steps (`steps`: compose.compose by default)."""
+
     def __init__(self, settings: WorkerSettings, scorer: Scorer, *,
                  observer: Observer | None = None, clients: Clients | None = None,
                  stats: Stats | None = None, steps: ComposeSteps = compose):
@@ -180,9 +182,7 @@ class StreamProcessor:
         for tp in tps:
             self.tracker.assign(tp)
         self.watch.start(tps, time.monotonic())
-        self.stats.assignments += 1
-        self.stats.ready = True  # joined the group (an assignment may be empty)
-        self.stats.assigned = sorted(set(self.stats.assigned) | set(tps))
+        self.stats.joined(tps)
         log.info("assigned %d partitions: %s", len(tps), _names(tps))
         if partitions:
             # librdkafka keeps a partition's pause flag across unassign and assign: a partition
@@ -219,7 +219,7 @@ class StreamProcessor:
     def _release(self, tps: set[TP]) -> int:
         unanswered = sum(self.tracker.release(tp) for tp in tps)
         self.watch.forget(tps)
-        self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
+        self.stats.left(tps)
         self.control.notify()
         return unanswered
 
