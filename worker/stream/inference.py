@@ -1,4 +1,4 @@
-"""The inference stage: units in from the Kafka loop, answers out to the delivery strategy.
+"""The inference stage: units in from the Kafka loop, scored units out to the delivery step.
 
 Threads waiting on queues (no polling, no timers):
 
