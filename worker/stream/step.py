@@ -7,9 +7,10 @@ immutable. The Kafka loop calls `poll` each tick, `close` when nothing more will
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
+@runtime_checkable
 class Step(Protocol):
     def submit(self, item: Any) -> None:
         """Take one piece of work; never waits for the work to be done."""
