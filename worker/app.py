@@ -105,6 +105,7 @@ class Worker:
     """
 
     def __init__(self, settings: WorkerSettings, engine, *, clients=None):
+        from mgeo.worker.stream.compose import compose
         from mgeo.worker.stream.events import Stats
         from mgeo.worker.stream.health import HealthServer, loop_liveness
         from mgeo.worker.stream.metrics import Metrics
@@ -120,8 +121,9 @@ class Worker:
                 metrics = Metrics(stats, engine.stats, lambda: self.processor.tracker.inflight,
                                   queues=self._depths)
                 engine.add_observer(metrics)
+            # intake -> inference -> delivery, wired by compose once the producer is open
             self.processor = StreamProcessor(settings, Scorer(engine), observer=metrics,
-                                             stats=stats, clients=clients)
+                                             stats=stats, clients=clients, steps=compose)
             if metrics is not None:
                 self.server = HealthServer(
                     metrics.registry, settings.metrics_port,
