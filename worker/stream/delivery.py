@@ -122,8 +122,8 @@ class AtLeastOnce:
     def submit(self, unit: Unit) -> None:
         with self.tracker.lock:
             live = {p: seg for p, seg in unit.segs.items() if self.tracker.live(seg)}
-            for seg in live.values():  # held open until every answer of it was produced
-                self.tracker.sent(seg)
+            for seg in live.values():  # one answer a message, each confirmed in its turn
+                self.tracker.sent(seg, seg.count)
             # A record without headers needs nothing kept for its delivery report: one
             # callback a partition serves them all.
             callbacks = {p: partial(self._delivered, seg, None) for p, seg in live.items()}
@@ -132,12 +132,9 @@ class AtLeastOnce:
                 p = unit.msgs[a.index].partition()
                 seg = live[p]
                 tallies[p].add(a.kind)
-                self.tracker.sent(seg)
                 kept = a if a.headers or a.substitute else None
                 callback = callbacks[p] if kept is None else partial(self._delivered, seg, a)
                 self._produce(seg, a, callback)
-        for seg in live.values():
-            self._confirmed(seg)
 
     def poll(self) -> None:
         """(The serving thread serves delivery reports and retries.)"""

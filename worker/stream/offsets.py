@@ -126,12 +126,12 @@ class OffsetTracker:
                 self.inflight -= first.count
             return True
 
-    def sent(self, seg: Segment) -> None:
-        """One answer of `seg` was handed to the producer (at-least-once)."""
+    def sent(self, seg: Segment, n: int = 1) -> None:
+        """`n` answers of `seg` are being handed to the producer (at-least-once)."""
         with self.lock:
             part = self._parts.get(seg.tp)
             if part is not None and part.gen == seg.gen:
-                part.pending[seg] = part.pending.get(seg, 0) + 1
+                part.pending[seg] = part.pending.get(seg, 0) + n
 
     def confirmed(self, seg: Segment) -> int | None:
         """One answer of `seg` is confirmed (or will not be sent after all): how many are
