@@ -746,7 +746,9 @@ class WorkerSettings(KafkaSettings, ModelSettings):
 
     liveness_timeout: float = Field(
         60.0, gt=0,
-        description="/healthz fails once the Kafka loop has not ticked for this many seconds.",
+        description="/healthz fails once the Kafka loop has not ticked for this many seconds, "
+                    "or holds partitions with messages to read (by the broker) that it has not "
+                    "read for this long though not paused by back-pressure (a stuck consumer).",
         json_schema_extra=_meta("SECONDS"))
     stats_interval_ms: int = Field(
         5000, ge=0, description="librdkafka statistics interval feeding the consumer-lag "

@@ -70,6 +70,7 @@ _ERROR_SHARE = (f"sum by ({FLEET}) (rate(mgeo_error_results_total[5m]))"
 _OOM = f"sum by ({FLEET}, instance) (increase(mgeo_oom_retries_total[15m]))"
 _ABORTS = f"sum by ({FLEET}) (increase(mgeo_transaction_aborts_total[15m]))"
 _TICK_AGE = "time() - mgeo_loop_last_tick_timestamp_seconds"
+_STALLED = f"sum by ({FLEET}, instance) (mgeo_partitions_stalled)"
 
 ALERTS: tuple[Alert, ...] = (
     Alert(
@@ -124,6 +125,15 @@ ALERTS: tuple[Alert, ...] = (
         "The worker's Kafka loop has not ticked for {{ $value | humanizeDuration }}: it reads, "
         "commits and answers nothing, and its partitions stay with it. Kubernetes restarts it "
         "(liveness probe on /healthz); elsewhere restart it and keep its log."),
+    Alert(
+        "MgeoWorkerNotReading", (_STALLED,),
+        f"({_STALLED}) > 0", "1m", "critical",
+        "MGeo worker {{ $labels.instance }} holds partitions it does not read",
+        "The worker holds {{ $value }} input partition(s) with messages waiting and has read "
+        "none of them for --liveness-timeout seconds, though it is not paused by "
+        "back-pressure: their requests go unanswered while its loop and /readyz look fine. "
+        "/healthz fails, so Kubernetes restarts it; elsewhere restart it, and keep its log "
+        "(its error line names the partitions)."),
 )
 
 
@@ -287,7 +297,9 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             (_q("sum by (instance) (mgeo_assigned_partitions{SEL})"),
              "partitions {{instance}}"),
             (_q("sum by (instance) (mgeo_inflight_requests{SEL})"), "in flight {{instance}}"),
-        )),
+            (_q("sum by (instance) (mgeo_partitions_stalled{SEL})"), "stalled {{instance}}"),
+        ), "Stalled: partitions held with messages to read and not read for --liveness-timeout "
+           "seconds though not paused by back-pressure (/healthz fails)."),
         Panel("Rebalances, commits, aborted transactions", "timeseries", "short", (
             (_q("sum by (kind) (increase(mgeo_rebalances_total{SEL}[RATE]))"), "{{kind}}"),
             (_q("sum(increase(mgeo_commits_total{SEL}[RATE]))"), "commits"),

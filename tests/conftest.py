@@ -36,6 +36,20 @@ def bootstrap():
         yield broker.bootstrap
 
 
+def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:port/path; (0, why) when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 4
                       ) -> dict[int, int]:
     """The group's committed offset of each partition of `topic` that has one."""

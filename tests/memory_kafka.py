@@ -5,9 +5,10 @@ broker as well.
 
 Only what the processor uses is here, with the same call shapes and threading behaviour that
 matter: `poll` blocks until a message arrives or its timeout passes (and says so in
-`waiting`), rebalance callbacks run inside `poll`, delivery reports are served by `poll` on the
-producer, `produce` refuses values over `message.max.bytes` at once, and the transactional
-calls keep what a transaction wrote invisible until it commits.
+`waiting`), rebalance callbacks run inside `poll`, a partition's pause flag outlives its
+assignment, delivery reports are served by `poll` on the producer and carry no headers (as
+confluent-kafka's do not), `produce` refuses records over `message.max.bytes` at once, and the transactional calls keep what a transaction wrote
+invisible until it commits.
 """
 
 from __future__ import annotations
@@ -137,9 +138,8 @@ class MemoryConsumer:
                     self.positions[tp] = self.broker.committed.get(tp, 0)
             self.callbacks[kind](self, parts)
             if kind in ("revoke", "lost"):
-                for tp in tps:
-                    self.positions.pop(tp, None)
-                    self.paused.discard(tp)
+                for tp in tps:  # librdkafka keeps a partition's pause flag across unassign
+                    self.positions.pop(tp, None)  # and assign: so does this stand-in
             done.set()
 
     def _next(self) -> Msg | None:
@@ -244,7 +244,9 @@ class MemoryProducer:
         self._txn_offsets: dict = {}
 
     def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
-        if value is not None and len(value) > self.max_bytes:
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"")
+                                                         for k, v in headers or [])
+        if size > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE,
                                             "Message size too large"))
         self.produced_while_consumer_waiting.append(self.broker.consumer_waiting)
@@ -260,15 +262,15 @@ class MemoryProducer:
         for topic, value, key, headers, cb, txn in batch:
             err = self.broker.refuse_topics.get(topic)
             limit = self.broker.max_record_bytes
-            if err is None and limit is not None and len(value or b"") > limit:
+            if err is None and limit is not None and len(value or b"") + len(key or b"") > limit:
                 err = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "broker: message too large")
             parts = self.broker.partitions(topic)
-            msg = Msg(topic, 0, -1, key, value, headers)
+            p, offset = 0, -1
             if err is None:
                 p = zlib.crc32(key or b"") % len(parts) if key is not None else 0
-                msg = self.broker.append(topic, p, key, value, headers, txn=txn)
-            if cb is not None:
-                cb(err, msg)
+                offset = self.broker.append(topic, p, key, value, headers, txn=txn).offset()
+            if cb is not None:  # confluent-kafka's delivery reports carry no headers
+                cb(err, Msg(topic, p, offset, key, value, None))
         return len(batch)
 
     def flush(self, timeout: float = 0):

@@ -1,7 +1,8 @@
 """Failure modes that used to wedge a worker or break its guarantee, each with a real fault
 against the real broker: a record too large to dead-letter, a second producer taking over the
 transactional id, a second SIGTERM, a session that really expires, a rebalance under load, an
-exactly-once drain longer than one transaction should last."""
+exactly-once drain longer than one transaction should last, a paused worker that loses its
+partitions to a frozen broker and gets them back (issue 18)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,25 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from conftest import ASSIGNED, committed_offsets, fresh_topics, read_messages, worker_env
+from conftest import (ASSIGNED, committed_offsets, fresh_topics, http_get, read_messages,
+                      worker_env)
 from engines import RuleEngine
 from kafka_log import read_committed_log
 from mgeo import wire
 from mgeo.producer.collect import Collector
+from mgeo.kafka import create_topics
 from mgeo.settings import WorkerSettings
-from mgeo.tools.broker import free_port
+from mgeo.tools.broker import EmbeddedBroker, free_port
 from mgeo.worker.stream.delivery import STUB, STUB_SHA256, STUB_SIZE
+from mgeo.worker.stream.events import Stats
+from mgeo.worker.stream.health import HealthServer, loop_liveness
+from mgeo.worker.stream.metrics import Metrics
 from mgeo.worker.stream.processor import StreamProcessor
 from mgeo.worker.stream.scoring import Scorer
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+ROOT_MODEL = "default"  # worker_env needs a model; the tests that pop it run the default one
 
 
 def _publish(bootstrap: str, topic: str, ids, partition: int | None = None) -> dict[int, int]:
@@ -90,6 +98,52 @@ def test_an_oversized_garbage_message_becomes_a_stub_and_every_partition_commits
         assert sorted(log_ids) == sorted(ids)
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_request_with_a_key_too_large_to_answer_with_is_substituted_and_committed(
+        bootstrap, tiny_model, start_worker, delivery):
+    """Issue 18: a key that fits the broker but not librdkafka's default message.max.bytes
+    (1,000,000 bytes). Its result, keyed by it, cannot be written; the substitute kept the key,
+    could not be written either, and every worker that read it exited 1, over and over."""
+    t = fresh_topics(bootstrap, partitions=1)
+    ids = [f"p{i}" for i in range(40)]
+    _publish(bootstrap, t["input"], ids[:20])
+    big = b"k" * 1_000_100
+    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2_000_000})
+    p.produce(t["input"], key=big, value=wire.encode_request("big", "甲", "甲"))
+    p.produce(t["input"], key=big, value=b"not json")  # a dead letter keyed by it
+    assert p.flush(60) == 0
+    _publish(bootstrap, t["input"], ids[20:])  # the pairs behind it
+    worker = start_worker(worker_env(bootstrap, t, tiny_model, MGEO_DELIVERY=delivery,
+                                     MGEO_TRANSACTIONAL_ID=t["group"],
+                                     MGEO_COMMIT_INTERVAL="0.5"))
+    out = _collect(bootstrap, t["output"], 41)
+    assert set(out.results) == set(ids) | {"big"}
+    assert out.results["big"]["error"]["code"] == "result_undeliverable"
+    (stub,) = read_committed_log(bootstrap, t["dlq"], 1, timeout=60)
+    assert dict(stub.headers)[STUB] == b"true" and len(stub.key) <= 1024
+    committed = {}
+    for _ in range(60):  # the commit follows the answers within --commit-interval; a broker
+        committed = committed_offsets(bootstrap, t["group"], t["input"], partitions=1)
+        if committed.get(0) == 42:  # query has nothing to wait on but the next query
+            break
+        time.sleep(0.5)
+    assert committed == {0: 42}, worker.log()
+    assert worker.proc.poll() is None, "the worker must keep running:\n" + worker.log()
+    assert worker.stop() == 0, worker.log()
+
+
+def test_delivery_reports_carry_no_headers(bootstrap, topics):
+    """The premise of the worker's own record of substitutes (delivery.Sent) and of the
+    in-memory producer's reports: confluent-kafka gives no headers back in a delivery report,
+    so a check that reads a substitute's marker from it never sees it (issue 18)."""
+    reports = []
+    p = Producer({"bootstrap.servers": bootstrap})
+    p.produce(topics["output"], value=b"v", key=b"k", headers=[("mgeo.substitute", b"true")],
+              on_delivery=lambda err, msg: reports.append((err, msg.headers(), msg.key())))
+    assert p.flush(30) == 0
+    assert reports == [(None, None, b"k")]
+
+
 def test_a_fenced_worker_exits_1_with_one_line(bootstrap, topics, tiny_model, start_worker):
     tid = f"fenced-{uuid.uuid4().hex[:6]}"
     env = worker_env(bootstrap, topics, tiny_model, MGEO_DELIVERY="exactly-once",
@@ -109,6 +163,46 @@ def test_a_fenced_worker_exits_1_with_one_line(bootstrap, topics, tiny_model, st
     assert "Traceback" not in text, text
     failures = [line for line in worker.lines if "stopped on failure" in line]
     assert len(failures) == 1 and "fenced" in failures[0], text
+
+
+def test_a_worker_fenced_before_an_abort_stops_in_time_with_the_hint(bootstrap, topics):
+    """Issue 18: fenced, then made to abort, a worker said "cannot abort the transaction
+    (...Timed out...)" without the hint to give each worker its own transactional id, and its
+    fixed 10 s abort call overran a 10 s --shutdown-timeout."""
+    tid = f"fenced-abort-{uuid.uuid4().hex[:6]}"
+    _publish(bootstrap, topics["input"], [f"a{i}" for i in range(20)])
+    s = WorkerSettings(bootstrap_servers=bootstrap, input_topic=topics["input"],
+                       output_topic=topics["output"], dlq_topic=topics["dlq"],
+                       group_id=topics["group"], session_timeout_ms=6000, commit_interval=0.2,
+                       delivery="exactly-once", transactional_id=tid, shutdown_timeout=3)
+    proc = StreamProcessor(s, Scorer(RuleEngine()))
+    rc: list = []
+    t = threading.Thread(target=lambda: rc.append(proc.run()), daemon=True)
+    t.start()
+    with proc.progress:
+        assert proc.progress.wait_for(lambda: proc.delivery is not None, 60)
+    eos = proc.delivery
+    commit = eos.commit
+    fenced = threading.Event()
+
+    def fence_then_abort(consumer, tps=None):
+        with eos.lock:
+            if eos._in_txn and not fenced.is_set():
+                proc.producer.flush(10)
+                thief = Producer({"bootstrap.servers": bootstrap, "transactional.id": tid})
+                thief.init_transactions(30)  # the real fault: the id is taken over
+                fenced.set()
+                eos._abort(consumer, "injected by the test")  # must not return
+        commit(consumer, tps)
+
+    eos.commit = fence_then_abort
+    with proc.progress:
+        assert proc.progress.wait_for(fenced.is_set, 60), "no transaction was opened"
+    # The whole stop within --shutdown-timeout and a margin (less than the fixed 10 s abort
+    # call of before).
+    t.join(s.shutdown_timeout + 5)
+    assert not t.is_alive() and rc == [1]
+    assert "--transactional-id" in str(proc.failure), proc.failure
 
 
 def test_a_second_sigterm_leaves_at_once_and_the_log_tells_the_truth(
@@ -234,6 +328,32 @@ def test_an_exactly_once_drain_commits_in_steps(bootstrap, topics, tiny_model, s
     assert len(read_messages(bootstrap, {topics["dlq"]: 1}, 0)) == 0
 
 
+@pytest.mark.parametrize("signalled", [True, False], ids=["SIGTERM", "no signal"])
+def test_exactly_once_against_an_unreachable_broker_stops_with_one_line(tiny_model, start_worker,
+                                                                       signalled):
+    """Issue 18: it exited 1 after 60 s with "stopped on an unexpected error: _Abort:
+    init_transactions...", and a SIGTERM meanwhile took 31 s. Now: SIGTERM is honoured at once
+    (exit 0: nothing was read); left alone it gives up after --shutdown-timeout with one line
+    that says what to check (exit 1)."""
+    names = {"input": "in", "output": "out", "dlq": "dlq", "group": "g"}
+    worker = start_worker(worker_env(f"127.0.0.1:{free_port()}", names, tiny_model,
+                                     MGEO_DELIVERY="exactly-once", MGEO_TRANSACTIONAL_ID="t",
+                                     MGEO_SHUTDOWN_TIMEOUT="5"))
+    worker.wait_for("init_transactions not done yet", 90)
+    if signalled:
+        worker.proc.send_signal(signal.SIGTERM)
+    rc = worker.proc.wait(5 + 15)  # within --shutdown-timeout and a margin, or this fails
+    worker._reader.join(5)
+    text = "\n".join(worker.lines)
+    assert "Traceback" not in text and "unexpected" not in text and "_Abort" not in text, text
+    errors = [line for line in worker.lines if " ERROR mgeo.worker" in line]
+    if signalled:
+        assert rc == 0 and errors == [], text
+    else:
+        assert rc == 1 and len(errors) == 1, text
+        assert "cannot initialise the transactional id t" in errors[0]
+
+
 def test_a_worker_facing_an_unreachable_broker_stays_quiet(tiny_model, start_worker):
     port = free_port()  # nothing listens there
     names = {"input": "in", "output": "out", "dlq": "dlq", "group": "g"}
@@ -248,3 +368,100 @@ def test_a_worker_facing_an_unreachable_broker_stays_quiet(tiny_model, start_wor
     said = worker.lines[started - 2:]  # the two start-up lines, and what followed in 30 s
     assert len(said) <= 10, "\n".join(said)
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_paused_worker_that_loses_its_partitions_reads_them_again(delivery):
+    """Issue 18: a worker paused by --max-inflight lost its partitions (the broker froze past
+    the session timeout) and, given them back, never read them again: librdkafka keeps a
+    partition's pause flag across unassign and assign. Every pair must be answered within 60 s
+    of the worker getting its partitions back."""
+    n = 2000
+    with EmbeddedBroker() as broker:  # its own broker: this test freezes it
+        boot = broker.bootstrap
+        create_topics({"bootstrap.servers": boot}, {"in": 2, "out": 2, "dlq": 1})
+        _publish(boot, "in", [f"p{i}" for i in range(n)])
+        engine = RuleEngine()
+        engine.gate.clear()  # the first batch holds: the worker fills up and pauses
+        s = WorkerSettings(bootstrap_servers=boot, input_topic="in", output_topic="out",
+                           dlq_topic="dlq", group_id="g", session_timeout_ms=6000,
+                           commit_interval=0.2, max_inflight=100, consume_batch=50,
+                           delivery=delivery, transactional_id="stuck", liveness_timeout=5,
+                           stats_interval_ms=500)
+        stats = Stats()
+        metrics = Metrics(stats)
+        proc = StreamProcessor(s, Scorer(engine), observer=metrics, stats=stats)
+        server = HealthServer(metrics.registry, 0, live=loop_liveness(stats, 5),
+                              ready=lambda: stats.ready, host="127.0.0.1").start()
+        rc: list = []
+        t = threading.Thread(target=lambda: rc.append(proc.run()), daemon=True)
+        t.start()
+        try:
+            with proc.progress:
+                assert proc.progress.wait_for(lambda: proc._paused, 60), "never paused"
+            broker.pause()  # the fault: frozen until the worker's session has expired
+            try:
+                with proc.progress:
+                    assert proc.progress.wait_for(lambda: stats.losses >= 1, 60), \
+                        "the partitions were never lost"
+            finally:
+                broker.resume()
+            with proc.progress:
+                assert proc.progress.wait_for(
+                    lambda: stats.assignments >= 2 and stats.assigned, 180), "never regained"
+            engine.gate.set()
+            with proc.progress:  # the acceptance bound of issue 18
+                done = proc.progress.wait_for(lambda: stats.answered >= n, 60)
+            assert done, (f"{stats.answered} of {n} answered 60 s after the partitions came "
+                          f"back; /healthz said {http_get(server.port, '/healthz')}")
+            out = _collect(boot, "out", n)
+            assert set(out.results) == {f"p{i}" for i in range(n)}
+        finally:
+            engine.gate.set()
+            proc.stop()
+            t.join(60)
+            server.stop()
+        assert rc == [0]
+        assert sum(committed_offsets(boot, "g", "in", partitions=2).values()) == n
+
+
+@pytest.mark.parametrize("how", ["second SIGTERM", "drain past --shutdown-timeout"])
+def test_a_stop_that_cuts_the_drain_short_exits_cleanly(bootstrap, topics, start_worker, how):
+    """Issue 18: both ended in "terminate called without an active exception" (exit -6): the
+    engine was never closed, and its lane threads were inside torch when the interpreter
+    exited. The default model, whose default-size batches take seconds on a CPU. Short batches
+    end within the grace, so the engine is closed and its lanes joined; long ones may outlast
+    it, and the worker then leaves without the interpreter's exit. Either way: exit 0 and a
+    single line about what is left."""
+    n = 12_000
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for i in range(n):  # distinct pairs: each one runs the model
+        p.produce(topics["input"], key=f"p{i}".encode(), value=wire.encode_request(
+            f"p{i}", "广东省深圳市南山区科技南十二路2号", f"深圳市南山区科技南十二路{i}号"))
+        if i % 1000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    env = worker_env(bootstrap, topics, ROOT_MODEL)
+    env.pop("MGEO_MODEL")  # the default model
+    if how == "second SIGTERM":
+        # Batches far shorter than the grace, one after another: the lanes are in torch
+        # nearly all the time, and the one under way ends before the worker leaves.
+        env.update(MGEO_SHUTDOWN_TIMEOUT="600", MGEO_MAX_BATCH_PAIRS="256",
+                   MGEO_CONSUME_BATCH="256")
+    else:
+        env.update(MGEO_SHUTDOWN_TIMEOUT="2")
+    worker = start_worker(env)
+    _collect(bootstrap, topics["output"], 200)
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for("stopping: finishing", 30)
+    if how == "second SIGTERM":
+        worker.proc.send_signal(signal.SIGTERM)
+    rc = worker.proc.wait(60)
+    worker._reader.join(5)
+    text = "\n".join(worker.lines)
+    assert rc == 0, f"exit {rc}:\n{worker.log()}"
+    assert "terminate called" not in text and "Traceback" not in text, text
+    left = [line for line in worker.lines if "were not answered" in line]
+    assert len(left) == 1, worker.log()
+    if how == "second SIGTERM":  # its short batch ended: the engine was closed, lanes joined
+        assert "leaving while a model batch still runs" not in text, text

@@ -285,7 +285,7 @@ def test_the_worker_serves_metrics_on_the_given_host(host):
     from mgeo.worker.app import _start
 
     s = WorkerSettings(metrics_port=0, metrics_host=host, device="cpu")
-    processor, server = _start(s, {})
+    engine, processor, server = _start(s, {})
     try:
         assert server.httpd.server_address[0] == host
         url_host = f"[{host}]" if ":" in host else host
@@ -293,5 +293,5 @@ def test_the_worker_serves_metrics_on_the_given_host(host):
             assert r.status == 200 and b"mgeo_" in r.read()
     finally:
         server.stop()
-        processor.scorer.engine.close()
+        engine.close()
 

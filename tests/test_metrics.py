@@ -7,8 +7,6 @@ import re
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +14,7 @@ from confluent_kafka import Producer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import worker_env
+from conftest import http_get as _get, worker_env
 from mgeo import wire
 from mgeo.tools.broker import free_port
 from mgeo.settings import ModelSettings, WorkerSettings
@@ -26,16 +24,6 @@ from mgeo.worker.stream.health import HealthServer, loop_liveness
 from mgeo.worker.stream.metrics import Metrics, torch_gpu_memory
 from mgeo.worker.stream.processor import StreamProcessor
 from mgeo.worker.stream.scoring import Scorer
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def _metric(text: str, name: str, labels: str = "") -> float | None:
@@ -139,6 +127,92 @@ def test_liveness_fails_when_the_loop_stalls(bootstrap, topics):
         server.stop()
 
 
+def _publish_one_batch_each(bootstrap: str, topic: str, n: int, partition: int = 0) -> None:
+    """Requests in batches of one record: Tansu reports a partition's end as the base offset
+    of its last batch + 1, so only then is its figure the true end (see tools/broker.py)."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    for i in range(n):
+        p.produce(topic, key=f"s{i}".encode(), partition=partition,
+                  value=wire.encode_request(f"s{i}", "成都市武侯区天府大道100号", f"天府大道{i}号"))
+        assert p.flush(30) == 0
+
+
+@pytest.mark.broker
+def test_liveness_fails_while_held_partitions_are_not_read(bootstrap, topics):
+    """The stuck worker of issue 18: its partitions paused inside librdkafka behind the loop's
+    back (librdkafka kept their pause flag across a lost and regained assignment) while the
+    loop ticks and believes it reads. /healthz, the metrics and the lag must say so."""
+    s = WorkerSettings(bootstrap_servers=bootstrap, input_topic=topics["input"],
+                       output_topic=topics["output"], dlq_topic=topics["dlq"],
+                       group_id=topics["group"], session_timeout_ms=6000, liveness_timeout=3.0,
+                       stats_interval_ms=500)
+    stats = Stats()
+    metrics = Metrics(stats)
+    proc = StreamProcessor(s, Scorer(RuleEngine()), observer=metrics, stats=stats)
+    server = HealthServer(metrics.registry, 0, live=loop_liveness(stats, s.liveness_timeout),
+                          ready=lambda: stats.ready, host="127.0.0.1").start()
+    freeze, thaw = threading.Event(), threading.Event()
+    tick = proc._tick
+
+    def tick_with_a_fault():  # in the loop's thread, as librdkafka would leave it
+        if freeze.is_set():
+            freeze.clear()
+            proc.consumer.pause(proc.consumer.assignment())
+        if thaw.is_set():
+            thaw.clear()
+            proc.consumer.resume(proc.consumer.assignment())
+        tick()
+
+    proc._tick = tick_with_a_fault
+    t = threading.Thread(target=proc.run, daemon=True)
+    t.start()
+    try:
+        _until(lambda: stats.ready and len(stats.assigned) == 4, 60, "all four partitions")
+        freeze.set()
+        _until(lambda: not freeze.is_set(), 30, "the fault")
+        n = 40
+        _publish_one_batch_each(bootstrap, topics["input"], n)
+        code, body = _until(lambda: (lambda r: r if r[0] == 503 else None)(
+            _get(server.port, "/healthz")), 60, "liveness to fail")
+        assert "has read none of them" in body and f"[0]" in body, body
+        _, text = _get(server.port, "/metrics")
+        assert _metric(text, "mgeo_partitions_stalled") == 1
+        assert _metric(text, "mgeo_consumer_lag", '{partition="0"}') == n  # the truth
+        assert _metric(text, "mgeo_consumer_lag_total") == n
+        assert _get(server.port, "/readyz")[0] == 200  # ready, and yet not live
+        thaw.set()
+        _until(lambda: _get(server.port, "/healthz")[0] == 200, 30, "liveness to recover")
+        _until(lambda: stats.answered == n, 30, "every request answered")
+        _, text = _get(server.port, "/metrics")
+        assert _metric(text, "mgeo_partitions_stalled") == 0
+    finally:
+        thaw.set()
+        proc.stop()
+        t.join(60)
+        server.stop()
+
+
+def test_lag_of_a_partition_with_nothing_committed_is_the_log_from_its_start():
+    """librdkafka reports -1 while a partition has no committed offset (a new group, or a
+    partition never fetched since its assignment): the stuck worker of issue 18 showed a lag
+    far below the truth."""
+    stats = Stats()
+    stats.assigned = [("in", 0), ("in", 1)]
+    metrics = Metrics(stats)
+    part = {"fetch_state": "active", "lo_offset": 0, "hi_offset": 1000, "ls_offset": 1000}
+    metrics.librdkafka_stats(json.dumps({"topics": {"in": {"partitions": {
+        "0": {**part, "committed_offset": -1001, "consumer_lag": -1},
+        "1": {**part, "committed_offset": 400, "consumer_lag": 600},
+        "2": {**part, "committed_offset": 0, "consumer_lag": 1000},  # not held here
+        "-1": {"fetch_state": "none", "consumer_lag": -1}}}}}))
+    assert metrics.lag == {"in/0": 1000, "in/1": 600}
+    stats.stalled = {("in", 1): 700}  # the broker's figure, taken by the loop's check
+    fams = _families(metrics)
+    lag = {s.labels["partition"]: s.value for s in fams["mgeo_consumer_lag"].samples}
+    assert lag == {"0": 1000, "1": 700}
+    assert fams["mgeo_partitions_stalled"].samples[0].value == 1
+
+
 # ---- the exposition, without a broker -----------------------------------------------------------
 
 # The metrics the issue asks for: name -> (Prometheus type, label names).
@@ -163,7 +237,7 @@ LOW_CARDINALITY = {"kind", "partition", "stage"}
 def _stats_json(lags: dict[int, int], topic: str = "address-pairs") -> str:
     parts = {str(p): {"fetch_state": "active", "consumer_lag": lag} for p, lag in lags.items()}
     parts["-1"] = {"fetch_state": "none", "consumer_lag": -1}  # librdkafka's internal partition
-    parts["9"] = {"fetch_state": "none", "consumer_lag": 5}    # not ours (not fetching)
+    parts["9"] = {"fetch_state": "none", "consumer_lag": 5}    # not ours
     return json.dumps({"topics": {topic: {"partitions": parts}}})
 
 
@@ -191,6 +265,7 @@ def test_every_required_metric_is_exported_with_low_cardinality_labels(engine):
     stats = Stats()
     stats.scored, stats.error_results, stats.dead_letters = 40, 2, 1
     stats.assignments, stats.revocations = 2, 1
+    stats.assigned = [("address-pairs", 0), ("address-pairs", 3)]
     metrics = Metrics(stats, engine.stats, lambda: 3, queues=lambda: {"intake": 7},
                       gpu_memory=lambda: {"allocated": 1 << 30, "reserved": 3 << 29})
     engine.add_observer(metrics)

@@ -228,7 +228,24 @@ def test_pause_holds_across_a_rebalance_and_the_inflight_count_stays_exact():
     h.engine.gate.set()
     h.until(lambda: len(h.answers()) == 12, "every answer")
     h.until(lambda: h.proc.tracker.inflight == 0 and not h.proc._paused, "the resume")
-    assert not h.consumer.paused
+    assert not h.consumer.paused & set(h.consumer.positions)  # every partition held is read
+    assert h.stop() == 0
+
+
+def test_a_partition_lost_while_paused_is_read_when_it_comes_back():
+    """Issue 18: librdkafka keeps the pause flag of a lost partition; given back after the
+    back-pressure ended, it must be read again."""
+    h = Harness(max_inflight=4, consume_batch=2)
+    h.assign([("in", 0)])
+    h.engine.gate.clear()
+    h.send(0, ids("a", 10))
+    h.until(lambda: h.proc._paused, "the pause")
+    assert h.rebalance("lost", [("in", 0)]).wait(WAIT)
+    h.until(lambda: not h.proc._paused, "the resume of what is held (nothing)")
+    h.assign([("in", 0)])
+    h.engine.gate.set()
+    h.until(lambda: h.broker.committed.get(("in", 0)) == 10, "every offset committed")
+    assert h.answered_ids() == sorted(ids("a", 10))
     assert h.stop() == 0
 
 
@@ -307,8 +324,12 @@ def test_exactly_once_replaces_an_answer_the_broker_refuses_after_one_abort():
     assert h.stop() == 0
 
 
-def test_a_results_topic_that_refuses_everything_stops_the_worker():
-    h = Harness()
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_results_topic_that_refuses_everything_stops_the_worker(delivery):
+    """Each answer is replaced by its substitute once; when that is refused too, the worker
+    stops. Delivery reports carry no headers (issue 18: a check that looked for the
+    substitute's header in them substituted forever)."""
+    h = Harness(delivery=delivery, transactional_id="t")
     h.broker.refuse_topics["out"] = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED,
                                                "not authorized")
     h.assign()
@@ -316,6 +337,32 @@ def test_a_results_topic_that_refuses_everything_stops_the_worker():
     h.thread.join(WAIT)
     assert h.rc == [1]
     assert ("in", 0) not in h.broker.committed
+    assert h.proc.stats.substituted <= 3  # each answer's substitute tried once at most
+    assert "bounded substitute" in str(h.proc.failure)
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+def test_a_request_with_an_oversized_key_is_answered_by_a_bounded_substitute(delivery):
+    """Issue 18: a key that fits the broker but not the producer's message.max.bytes made the
+    substitute (which kept the key) unwritable too, and every worker crash-looped on it."""
+    h = Harness(delivery=delivery, transactional_id="t")
+    h.assign()
+    h.send(0, ids("a", 3))
+    big = b"k" * 1_000_100
+    h.broker.append("in", 0, big, wire.encode_request("big", "甲", "甲"))
+    h.broker.append("in", 0, big + b"!", b"not json")  # a dead letter with the same key
+    h.send(0, ids("b", 3))
+    h.until(lambda: h.broker.committed.get(("in", 0)) == 8, "every offset committed")
+    answers = {a["id"]: a for a in h.answers()}
+    assert sorted(answers) == sorted(ids("a", 3) + ["big"] + ids("b", 3))
+    assert answers["big"]["error"]["code"] == "result_undeliverable"
+    (stub,) = h.broker.visible("dlq")
+    assert dict(stub.headers())[STUB] == b"true"
+    for m in h.broker.visible("out") + [stub]:
+        assert len(m.key()) <= 1024 and len(m.value()) <= 2048
+        assert all(len(v) <= 1024 for _, v in m.headers() or [])
+    assert h.proc.stats.substituted == 2 and h.proc.stats.answered == 8
+    assert h.stop() == 0
 
 
 def test_a_transient_delivery_error_is_retried_and_commits_nothing_meanwhile():

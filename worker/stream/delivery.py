@@ -9,7 +9,9 @@ Failures are of two kinds. A transient one (broker away, leader moving, topic no
 retried after a pause, and nothing is committed past it. A permanent one (librdkafka says it is
 not retriable: a record too large, an invalid record, a keyless record on a compacted topic, no
 authorization) is never retried: the answer is replaced by a bounded substitute, a dead-letter
-stub or an error result, and if even that cannot be written the worker stops (exit 1).
+stub or an error result of a few kilobytes whatever the original held (key, headers, value), and
+if even that cannot be written the worker stops (exit 1). Which records are substitutes the
+worker remembers itself, per record produced: delivery reports carry no headers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger("mgeo.worker")
 
 RETRY_BACKOFF = 1.0  # seconds before transiently failed answers are sent again
 STUB_BYTES = 1024    # how much of an unwritable dead letter its stub keeps
+FIELD_BYTES = 1024   # the most a substitute's key, id or any header value may hold
 
 # Headers of a substitute answer.
 STUB = "mgeo.dlq.stub"
@@ -91,29 +94,31 @@ class Answers:
 
     def substitute(self, topic: str, value: bytes | None, key: bytes | None,
                    headers: list | None, reason: str, where: str
-                   ) -> tuple[str, bytes, bytes | None, list] | None:
-        """The bounded answer that replaces one that cannot be written (None: it already was a
-        substitute, so nothing smaller is left to send). `where` names the input message."""
-        headers = list(headers or [])
-        if any(k in (STUB, SUBSTITUTE) for k, _ in headers):
-            return None
-        source = {k: v for k, v in headers if k in (wire.DLQ_TOPIC, wire.DLQ_PARTITION,
-                                                      wire.DLQ_OFFSET)}
-        if len(source) == 3:  # a dead letter says exactly where it came from
-            where = (f"{source[wire.DLQ_TOPIC].decode()}[{source[wire.DLQ_PARTITION].decode()}]"
-                     f"@{source[wire.DLQ_OFFSET].decode()}")
+                   ) -> tuple[str, bytes, bytes, list]:
+        """The answer that replaces one that cannot be written: a dead-letter stub, or a
+        result_undeliverable error result. Bounded in every field, whatever the original
+        held: its key, id and header values by FIELD_BYTES, a stub's value by STUB_BYTES.
+        `where` names the input message."""
+        # A dead letter's own headers (the last of each name: the input's may repeat them)
+        # say why and exactly where it came from.
+        ours = {k: v for k, v in headers or [] if k in _SOURCE and v is not None}
+        if all(k in ours for k in (wire.DLQ_TOPIC, wire.DLQ_PARTITION, wire.DLQ_OFFSET)):
+            where = (f"{_text(ours[wire.DLQ_TOPIC])}[{_text(ours[wire.DLQ_PARTITION])}]"
+                     f"@{_text(ours[wire.DLQ_OFFSET])}")
         if topic == self.dlq_topic:
             data = value or b""
-            ours = [(k, v) for k, v in headers if k.startswith("mgeo.")]
-            ours += [(STUB, b"true"), (STUB_REASON, reason.encode("utf-8", "replace")[:500]),
+            kept = [(k, v[:FIELD_BYTES]) for k, v in ours.items()]
+            kept += [(STUB, b"true"), (STUB_REASON, reason.encode("utf-8", "replace")[:500]),
                      (STUB_SIZE, str(len(data)).encode()),
                      (STUB_SHA256, hashlib.sha256(data).hexdigest().encode())]
-            return topic, data[:STUB_BYTES], key if key is not None else where.encode(), ours
-        rid = _result_id(value) or where
+            return topic, data[:STUB_BYTES], _bounded_key(key, where), kept
+        rid = _result_id(value)
+        if rid is None or len(rid.encode()) > FIELD_BYTES:
+            rid = where
         error = wire.encode_error(rid, RESULT_UNDELIVERABLE,
                                   f"the result could not be written to {topic}: {reason}"[:500],
                                   self.model_name)
-        return topic, error, key if key is not None else rid.encode(), [(SUBSTITUTE, b"true")]
+        return topic, error, _bounded_key(key, rid), [(SUBSTITUTE, b"true")]
 
     def kind(self, topic: str, value: bytes | None) -> int:
         """0 a result, 1 an error result, 2 a dead letter (read back from a failed answer)."""
@@ -123,6 +128,34 @@ class Answers:
             return 1 if "error" in wire.decode_result(value or b"") else 0
         except (ValueError, TypeError):
             return 1
+
+
+_SOURCE = (wire.DLQ_REASON, wire.DLQ_DETAIL, wire.DLQ_TOPIC, wire.DLQ_PARTITION, wire.DLQ_OFFSET)
+
+
+def _text(raw: bytes) -> str:
+    return raw[:FIELD_BYTES].decode("utf-8", "replace")
+
+
+def _bounded_key(key: bytes | None, fallback: str) -> bytes:
+    """A substitute's key: the original when it is small, else its SHA-256 (stable, so a
+    compacted topic still keeps one answer per key); `fallback` when there was none."""
+    if key is None:
+        return fallback.encode()[:FIELD_BYTES]
+    if len(key) <= FIELD_BYTES:
+        return key
+    return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
+
+
+class Sent:
+    """What the worker keeps of a record it produced, because its delivery report will not
+    give it back: the headers (reports carry none), the input it answers, and whether it is
+    already a substitute (nothing smaller is left to send)."""
+
+    __slots__ = ("headers", "where", "substitute")
+
+    def __init__(self, headers: list | None, where: str, substitute: bool = False):
+        self.headers, self.where, self.substitute = headers, where, substitute
 
 
 def _result_id(value: bytes | None) -> str | None:
@@ -162,7 +195,7 @@ class AtLeastOnce:
                  ratelog: RateLimitedLog):
         self.producer, self.tracker, self.stats, self.answers = producer, tracker, stats, answers
         self.on_failure, self.progress, self.ratelog = on_failure, progress, ratelog
-        self._retry: list[tuple[Segment, str, bytes | None, bytes | None, list | None]] = []
+        self._retry: list[tuple[Segment, str, bytes | None, bytes | None, Sent | None]] = []
         self._retry_at = 0.0
         # Waiting for room in the producer's queue releases the tracker's lock, however deep.
         self._room = threading.Condition(tracker.lock)
@@ -177,23 +210,26 @@ class AtLeastOnce:
             live = {p for p, seg in unit.segs.items() if self.tracker.live(seg)}
             for p in live:
                 unit.segs[p].published = True
-            callbacks = {p: partial(self._delivered, unit.segs[p]) for p in live}
+            # A record without headers needs nothing kept for its delivery report: one
+            # callback a partition serves them all.
+            callbacks = {p: partial(self._delivered, unit.segs[p], None) for p in live}
             for i, topic, value, key, headers, kind in answers_of(
                     unit, live, self.answers.output_topic):
                 p = unit.msgs[i].partition()
                 seg = unit.segs[p]
                 reason = unit.replace.get(i)
                 if reason is not None:
-                    sub = self.answers.substitute(topic, value, key, headers, reason,
-                                                  _where(unit, i))
-                    if sub is None:
-                        raise FatalStop(f"cannot write the answer of {_where(unit, i)}: "
-                                        f"{reason}")
-                    topic, value, key, headers = sub
+                    topic, value, key, headers = self.answers.substitute(
+                        topic, value, key, headers, reason, _where(unit, i))
                     kind = 1 if topic == self.answers.output_topic else 2
+                    self.stats.substituted += 1
+                    sent = Sent(headers, _where(unit, i), substitute=True)
+                else:
+                    sent = Sent(headers, _where(unit, i)) if headers else None
                 self._count(seg, kind, +1)
                 seg.pending += 1
-                self._produce(seg, topic, value, key, headers, callbacks[p])
+                callback = callbacks[p] if sent is None else partial(self._delivered, seg, sent)
+                self._produce(seg, topic, value, key, headers, callback, sent)
 
     def _count(self, seg: Segment, kind: int, n: int) -> None:
         if kind == 0:
@@ -203,7 +239,8 @@ class AtLeastOnce:
         else:
             seg.dead += n
 
-    def _produce(self, seg: Segment, topic: str, value, key, headers, callback) -> None:
+    def _produce(self, seg: Segment, topic: str, value, key, headers, callback,
+                 sent: Sent | None) -> None:
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
@@ -216,7 +253,7 @@ class AtLeastOnce:
                     seg.pending -= 1
                     return
             except KafkaException as exc:  # refused at once, e.g. larger than message.max.bytes
-                self._failed(seg, exc.args[0], topic, value, key, headers)
+                self._failed(seg, exc.args[0], topic, value, key, sent)
                 return
 
     # -- the delivery thread -----------------------------------------------------------------
@@ -232,9 +269,9 @@ class AtLeastOnce:
         except Exception as exc:  # noqa: BLE001 - e.g. the producer failed fatally: stop
             self.on_failure(exc)
 
-    def _delivered(self, seg: Segment, err: KafkaError | None, msg) -> None:
+    def _delivered(self, seg: Segment, sent: Sent | None, err: KafkaError | None, msg) -> None:
         if err is not None:
-            self._failed(seg, err, msg.topic(), msg.value(), msg.key(), msg.headers())
+            self._failed(seg, err, msg.topic(), msg.value(), msg.key(), sent)
             return
         seg.pending -= 1
         if seg.pending == 0:
@@ -250,39 +287,40 @@ class AtLeastOnce:
         with self.progress:
             self.progress.notify_all()
 
-    def _failed(self, seg: Segment, err: KafkaError, topic: str, value, key, headers) -> None:
+    def _failed(self, seg: Segment, err: KafkaError, topic: str, value, key,
+                sent: Sent | None) -> None:
         if is_permanent(err):
-            sub = self.answers.substitute(topic, value, key, headers, err.str(),
-                                          f"{seg.tp[0]}[{seg.tp[1]}]")
-            if sub is None:
-                self.on_failure(FatalStop(
-                    f"cannot write even a bounded substitute answer to {topic}: {err.str()}; "
-                    "check the topic's settings (max.message.bytes, cleanup.policy) and the "
-                    "worker's write permission"))
+            if sent is not None and sent.substitute:  # nothing smaller is left to send
+                self.on_failure(FatalStop(unwritable(topic, err.str())))
                 return
+            where = sent.where if sent is not None else f"{seg.tp[0]}[{seg.tp[1]}]"
+            sub = self.answers.substitute(topic, value, key, sent.headers if sent else None, err.str(),
+                                          where)
             self.stats.substituted += 1
             self.ratelog(f"substitute:{topic}", logging.WARNING,
                          "an answer could not be written to %s (%s, permanent): sent a bounded "
                          "substitute instead", topic, err.str())
             self._count(seg, self.answers.kind(topic, value), -1)
             self._count(seg, 2 if sub[0] == self.answers.dlq_topic else 1, +1)
+            again = Sent(sub[3], where, substitute=True)
             with self.tracker.lock:
                 if self.tracker.live(seg):
-                    self._produce(seg, *sub, partial(self._delivered, seg))
+                    self._produce(seg, *sub, partial(self._delivered, seg, again), again)
             return
         self.stats.delivery_retries += 1
         self.ratelog(f"deliver:{topic}", logging.WARNING,
                      "could not deliver to %s: %s; retrying, and committing nothing past it",
                      topic, err.str())
-        self._retry.append((seg, topic, value, key, headers))
+        self._retry.append((seg, topic, value, key, sent))
         self._retry_at = time.monotonic() + RETRY_BACKOFF
 
     def _resend(self) -> None:
         with self.tracker.lock:  # (the inference thread appends to the list under it)
             retry, self._retry = self._retry, []
-            for seg, topic, value, key, headers in retry:
+            for seg, topic, value, key, sent in retry:
                 if self.tracker.live(seg):
-                    self._produce(seg, topic, value, key, headers, partial(self._delivered, seg))
+                    self._produce(seg, topic, value, key, sent.headers if sent else None,
+                                  partial(self._delivered, seg, sent), sent)
 
     # -- the Kafka loop ----------------------------------------------------------------------
 
@@ -319,6 +357,13 @@ class AtLeastOnce:
         self._closed.set()
         self._thread.join(timeout)
         self.producer.flush(max(0.0, timeout))
+
+
+def unwritable(topic: str, reason: str) -> str:
+    """The one line a worker stops with when not even a bounded substitute can be written."""
+    return (f"cannot write even a bounded substitute answer to {topic}: {reason}; check the "
+            "topic's settings (max.message.bytes, cleanup.policy) and the worker's write "
+            "permission")
 
 
 def _where(unit: Unit, i: int) -> str:

@@ -49,6 +49,11 @@ class Stats:
         self.last_tick_unix = time.time()
         self.ready = False
         self.assigned: list[tuple[str, int]] = []
+        # Partitions held with messages to read and not read for --liveness-timeout seconds,
+        # though not paused (see liveness.ReadWatch): how far behind each is, by the broker,
+        # and what /healthz says about them.
+        self.stalled: dict[tuple[str, int], int] = {}
+        self.stall_reason: str | None = None
 
 
 class Control:

@@ -1,8 +1,10 @@
 """/metrics, /healthz and /readyz of a worker, on one HTTP port.
 
 GET /metrics  Prometheus exposition.
-GET /healthz  liveness: 200 while the Kafka loop keeps ticking, 503 once it has not ticked for
-              `liveness_timeout` seconds (a stuck loop, not merely a live process).
+GET /healthz  liveness: 200 while the Kafka loop keeps ticking and reading, 503 once it has not
+              ticked for `liveness_timeout` seconds (a stuck loop, not merely a live
+              process), or holds partitions with messages to read that it has not read for
+              that long though not paused (a stuck consumer: liveness.ReadWatch).
 GET /readyz   readiness: 200 once the model is loaded and the loop has joined its group.
 """
 
@@ -21,12 +23,16 @@ log = logging.getLogger("mgeo.metrics")
 
 
 def loop_liveness(stats, timeout: float) -> Callable[[], tuple[bool, str]]:
-    """Live while the loop whose `Stats` these are ticked within `timeout` seconds."""
+    """Live while the loop whose `Stats` these are ticked within `timeout` seconds and reads
+    what it holds."""
 
     def live() -> tuple[bool, str]:
         idle = time.monotonic() - stats.last_tick
         if idle > timeout:
             return False, f"the Kafka loop has not ticked for {idle:.0f}s"
+        stalled = stats.stall_reason
+        if stalled:
+            return False, stalled
         return True, "ok"
 
     return live

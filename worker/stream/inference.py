@@ -18,6 +18,11 @@ Threads waiting on queues (no polling, no timers):
 A unit counts as busy from the moment prepare takes it until its answers are produced; the Kafka
 loop waits for that before it gives up a partition. Units still queued for a partition being
 given up are dropped (its new owner reads them again).
+
+A worker that leaves without finishing (a second signal, a drain past its deadline, a failure)
+abandons the stage: nothing more is taken, prepared or scored, and the batch on the model ends
+on its own. Its threads must be over before the engine is closed and the process exits: a
+thread inside torch while the interpreter exits aborts the process.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class InferenceStage:
         self._queued_pairs = 0
         self._busy: Counter[TP] = Counter()   # partitions of units taken, not yet published
         self._closing = False
+        self._abandoned = False
         # Batches in preparation, prepared or on the model at once: one a lane. With a GPU, one
         # more is prepared while the device runs, so it never waits for the CPU; on a CPU the
         # model and the preparing share the cores, so a batch is taken only when a lane is free:
@@ -85,6 +91,18 @@ class InferenceStage:
             self._closing = True
             self.progress.notify_all()
 
+    def abandon(self) -> None:
+        """Stop: score nothing more (what is queued or prepared is left unanswered, read again
+        by the next owner); the batch on the model finishes."""
+        with self.progress:
+            self._closing = self._abandoned = True
+            for unit in self._queue:
+                for seg in unit.segs.values():
+                    seg.dropped = True
+            self._queue.clear()
+            self._queued_pairs = 0
+            self.progress.notify_all()
+
     def drop_queued(self, tps: set[TP]) -> None:
         """Units of these partitions not yet taken will not be scored or answered."""
         with self.progress:
@@ -107,10 +125,12 @@ class InferenceStage:
         return {"intake": self._queued_pairs, "prepared": self._prepared.qsize(),
                 "scored": self._scored.qsize()}
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
+        """Wait for the threads to end; whether they all did within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -168,7 +188,8 @@ class InferenceStage:
                 return
             units, job, started = item
             self._moved()
-            job = self.scorer.run(job)
+            if not self._abandoned:
+                job = self.scorer.run(job)
             self._slots.release()
             self._scored.put((units, job, started))
             self._moved()
@@ -179,7 +200,10 @@ class InferenceStage:
             if item is _STOP:
                 return
             units, job, started = item
-            self._finish(units, job, started)
+            if self._abandoned:  # unscored, or no longer to be answered
+                self._unbusy(units)
+            else:
+                self._finish(units, job, started)
 
     def _moved(self) -> None:
         with self.progress:
@@ -202,10 +226,14 @@ class InferenceStage:
             if self.observer is not None:
                 now = time.time()
                 self.observer.published([m.timestamp()[1] for m in unit.msgs], now)
-            with self.progress:
+            self._unbusy([unit])
+
+    def _unbusy(self, units: list[Unit]) -> None:
+        with self.progress:
+            for unit in units:
                 self._busy.subtract(seg.tp for seg in unit.segs.values())
-                self._busy += Counter()  # drop zero counts
-                self.progress.notify_all()
+            self._busy += Counter()  # drop zero counts
+            self.progress.notify_all()
 
 
 def _forget_requests_of_dead_segments(unit: Unit, tracker: OffsetTracker) -> None:

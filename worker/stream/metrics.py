@@ -124,18 +124,20 @@ class Metrics:
                                        if t > 0])
 
     def librdkafka_stats(self, raw: str) -> None:
-        """librdkafka's statistics callback: keep each assigned partition's consumer lag."""
+        """librdkafka's statistics callback: keep the consumer lag of each partition the loop
+        holds (its `Stats.assigned`), against the committed offset, as KEDA sees it."""
         try:
             data = json.loads(raw)
         except ValueError:
             return
+        held = set(self.stats.assigned)
         lag = {}
         for topic, t in (data.get("topics") or {}).items():
             for pid, p in (t.get("partitions") or {}).items():
-                if pid == "-1" or p.get("fetch_state") not in ("active", "paused"):
+                if pid == "-1" or (topic, int(pid)) not in held:
                     continue
-                value = p.get("consumer_lag", -1)  # against the committed offset, as KEDA sees it
-                if value is not None and value >= 0:
+                value = partition_lag(p)
+                if value is not None:
                     lag[f"{topic}/{pid}"] = value
         self.lag = lag
 
@@ -176,12 +178,20 @@ class Metrics:
             queues.add_metric([stage], depth)
         yield queues
         yield _gauge("mgeo_assigned_partitions", "Input partitions assigned", len(s.assigned))
+        # A stalled partition is not fetched, so librdkafka's figures for it stand still: the
+        # broker's, taken when the stall was judged, are the truth.
+        lags = {**self.lag, **{f"{t}/{p}": n for (t, p), n in s.stalled.items()}}
         lag = GaugeMetricFamily("mgeo_consumer_lag", "Messages behind the end of a partition "
-                                "(librdkafka statistics)", labels=["partition"])
-        for key, value in sorted(self.lag.items()):
+                                "(librdkafka statistics; the broker's figure for a stalled "
+                                "partition)", labels=["partition"])
+        for key, value in sorted(lags.items()):
             lag.add_metric([key.rsplit("/", 1)[1]], value)
         yield lag
-        yield _gauge("mgeo_consumer_lag_total", "Sum of consumer lag", sum(self.lag.values()))
+        yield _gauge("mgeo_consumer_lag_total", "Sum of consumer lag", sum(lags.values()))
+        yield _gauge("mgeo_partitions_stalled",
+                     "Partitions the worker holds with messages to read and has not read for "
+                     "--liveness-timeout seconds though not paused (a stuck consumer: /healthz "
+                     "fails)", len(s.stalled))
         yield _gauge("mgeo_loop_last_tick_timestamp_seconds",
                      "Unix time of the Kafka loop's last tick (a stalled loop stops it)",
                      s.last_tick_unix)
@@ -228,6 +238,25 @@ class Metrics:
         yield self.e2e_seconds.family()
         yield _gauge("mgeo_ready", "1 once the model is loaded and the loop runs",
                      1.0 if s.ready else 0.0)
+
+
+def partition_lag(p: dict) -> int | None:
+    """A partition's lag from its librdkafka statistics. librdkafka gives -1 while nothing is
+    committed (a new group, or a partition it never fetched since its assignment): there the
+    lag is the whole log from its start, which is where the worker reads from
+    (auto.offset.reset=earliest). None when the end of the log is unknown."""
+    value = p.get("consumer_lag", -1)
+    if value is not None and value >= 0:
+        return value
+    end = p.get("ls_offset", -1)  # read_committed: the last stable offset
+    if end is None or end < 0:
+        end = p.get("hi_offset", -1)
+    start = p.get("committed_offset", -1)
+    if start is None or start < 0:
+        start = p.get("lo_offset", -1)
+    if end is None or start is None or end < 0 or start < 0:
+        return None
+    return max(0, end - start)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

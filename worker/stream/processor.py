@@ -5,7 +5,10 @@ takes whatever else is already fetched); `Intake` turns the messages into a unit
 `InferenceStage` scores it and hands it to the delivery strategy (`AtLeastOnce` or
 `ExactlyOnce`), which produces its answers at once. The loop itself only commits, every
 --commit-interval, what the strategy says is final. When too many requests are in flight it
-pauses its partitions and keeps polling, so it stays in the group however slow a batch is.
+pauses its partitions and keeps polling, so it stays in the group however slow a batch is; the
+loop owns that state, and every assignment is paused or resumed by it (librdkafka would keep
+an earlier pause of the same partition). `ReadWatch` (liveness.py) notices partitions held and
+not read.
 
 Rebalances: before a partition goes, its queued work is dropped (the new owner reads it again),
 work under way is finished and delivered, and its offsets are committed; then it is released,
@@ -34,11 +37,16 @@ from mgeo.worker.stream.delivery import Answers, AtLeastOnce, Delivery
 from mgeo.worker.stream.events import Control, Observer, Stats
 from mgeo.worker.stream.inference import InferenceStage
 from mgeo.worker.stream.intake import FatalStop, Intake
+from mgeo.worker.stream.liveness import ReadWatch
 from mgeo.worker.stream.offsets import TP, OffsetTracker
 from mgeo.worker.stream.scoring import Scorer
 from mgeo.worker.stream.transactions import ExactlyOnce
 
 log = logging.getLogger("mgeo.worker")
+
+# After a stop that leaves work unfinished, the batch on the model may take this long to end
+# (the engine must not be closed while it runs; see worker/app.py).
+BATCH_GRACE = 5.0
 
 
 class StreamProcessor:
@@ -69,6 +77,7 @@ class StreamProcessor:
             max_dead_letter_ratio=settings.max_dead_letter_ratio, error_value=scorer.error,
             tracker=self.tracker, stats=self.stats, ratelog=self._ratelog)
         self.stage: InferenceStage | None = None
+        self.watch = ReadWatch(self.stats, settings.liveness_timeout)
 
     # -- control (see events.Control) -----------------------------------------------------
 
@@ -94,8 +103,9 @@ class StreamProcessor:
         """Run until stopped; returns the process exit code (0, or 1 after a failure)."""
         try:
             self._open()
-        except FatalStop as exc:
-            log.error("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - one line and exit 1, never a traceback
+            log.error("%s", exc if isinstance(exc, FatalStop) else
+                      f"cannot start: {_reason(exc)}")
             self._close_consumer()
             return 1
         try:
@@ -125,6 +135,8 @@ class StreamProcessor:
         self.consumer = self.clients.consumer(cconf)
         self.producer = self.clients.producer(pconf)
         self.delivery = _delivery(self, pconf)
+        if self.control.stopping.is_set():  # told to stop while it was being set up
+            return
         self.stage = InferenceStage(self.scorer, self.delivery.publish, tracker=self.tracker,
                                     stats=self.stats, max_pairs=s.max_batch_pairs,
                                     on_failure=self.fail, progress=self.progress,
@@ -136,6 +148,7 @@ class StreamProcessor:
 
     def _tick(self) -> None:
         first = self.consumer.poll(self.s.poll_timeout)  # returns as soon as a message is there
+        now = time.monotonic()
         if first is not None:
             msgs = [first]
             if self.s.consume_batch > 1:  # and whatever else is already fetched, no waiting
@@ -144,10 +157,12 @@ class StreamProcessor:
             unit = self.intake.take(good) if good else None
             if unit is not None:
                 self.stage.put(unit)
-        now = time.monotonic()
+                for p in unit.segs:
+                    self.watch.read((self.s.input_topic, p), now)
         if now - self._last_commit >= self.s.commit_interval:
             self._commit()
         self._backpressure()
+        self.watch.check(self.consumer, self._paused, now)
         self.stats.last_tick = now
         self.stats.last_tick_unix = time.time()
         if self.s.max_messages and self.stats.answered >= self.s.max_messages:
@@ -181,6 +196,8 @@ class StreamProcessor:
         return min(limit, self._deadline) if self._deadline else limit
 
     def _backpressure(self) -> None:
+        """Pause every partition held when too much is in flight; resume every partition held
+        (whatever librdkafka remembers of earlier pauses) once half of it is answered."""
         inflight = self.tracker.inflight
         if not self._paused and inflight >= self.s.max_inflight:
             self._paused = True
@@ -189,6 +206,7 @@ class StreamProcessor:
         elif self._paused and inflight <= self.s.max_inflight // 2:
             self._paused = False
             self.consumer.resume(self.consumer.assignment())
+            self.watch.start(self.tracker.partitions(), time.monotonic())
             log.info("%d requests in flight: resuming consumption", inflight)
 
     # -- rebalances --------------------------------------------------------------------------
@@ -197,13 +215,21 @@ class StreamProcessor:
         tps = [(p.topic, p.partition) for p in partitions]
         for tp in tps:
             self.tracker.assign(tp)
+        self.watch.start(tps, time.monotonic())
         self.stats.assignments += 1
         self.stats.ready = True  # joined the group (an assignment may be empty)
         self.stats.assigned = sorted(set(self.stats.assigned) | set(tps))
         log.info("assigned %d partitions: %s", len(tps), _names(tps))
-        if self._paused and partitions:  # keep new partitions paused with the rest
+        if partitions:
+            # librdkafka keeps a partition's pause flag across unassign and assign: a partition
+            # paused before it was lost comes back paused. Whether it is read is decided here,
+            # by the loop's own state, on every assignment.
             consumer.incremental_assign(partitions)
-            consumer.pause(partitions)
+            if self._paused or self.control.stopping.is_set():
+                consumer.pause(partitions)
+            else:
+                consumer.resume(partitions)
+        self.control.notify()
 
     def _on_revoke(self, consumer, partitions) -> None:
         tps = {(p.topic, p.partition) for p in partitions}
@@ -235,6 +261,7 @@ class StreamProcessor:
 
     def _release(self, tps: set[TP]) -> int:
         unanswered = sum(self.tracker.release(tp) for tp in tps)
+        self.watch.forget(tps)
         self.stats.assigned = [tp for tp in self.stats.assigned if tp not in tps]
         self.control.notify()
         return unanswered
@@ -263,9 +290,12 @@ class StreamProcessor:
                 pass
         if self.stage is not None:
             self.stage.close()
+        drained = False
         if self.failure is None:
             log.info("stopping: finishing %d requests in flight", self.tracker.inflight)
-            self._drain(deadline)
+            drained = self._drain(deadline)
+        if not drained and self.stage is not None:
+            self.stage.abandon()  # the rest is read again by the next owner
         try:
             self._commit()
         except Exception as exc:  # noqa: BLE001 - e.g. fenced at the last commit
@@ -278,27 +308,29 @@ class StreamProcessor:
         self._close_consumer()
         hurry = self.control.hurrying.is_set() or self.failure is not None
         if self.stage is not None:
-            self.stage.join(0.1 if hurry else max(0.1, deadline - time.monotonic()))
+            self.stage.join(BATCH_GRACE)
         if self.delivery is not None:
             self.delivery.close(1.0 if hurry else max(1.0, deadline - time.monotonic()))
         log.info("stopped: %d answered (%d scored, %d error results, %d dead letters)",
                  self.stats.answered, self.stats.scored, self.stats.error_results,
                  self.stats.dead_letters)
 
-    def _drain(self, deadline: float) -> None:
+    def _drain(self, deadline: float) -> bool:
         """Finish what was read, committing every --commit-interval (an exactly-once drain
-        thus never sits in one transaction longer than that)."""
+        thus never sits in one transaction longer than that); whether it all finished."""
+        if self.stage is None or self.delivery is None:
+            return True
         while True:
             step = min(deadline, time.monotonic() + self.s.commit_interval)
             done = self.control.wait(lambda: self.stage.idle() and self.delivery.settled(), step)
             if done or self.control.hurrying.is_set() or self.failure is not None \
                     or time.monotonic() >= deadline:
-                return
+                return done
             try:
                 self._commit()
             except FatalStop as exc:
                 self.fail(exc)
-                return
+                return False
             self.consumer.poll(0)  # serves rebalance callbacks; paused, it returns nothing new
 
     def _close_consumer(self) -> None:
@@ -322,9 +354,9 @@ def _delivery(proc: StreamProcessor, pconf: dict) -> Delivery:
     eos = ExactlyOnce(proc.producer, tracker=proc.tracker, stats=proc.stats, answers=answers,
                       intake=proc.intake, on_failure=proc.fail, progress=proc.progress,
                       ratelog=proc._ratelog, txn_deadline=proc._txn_deadline,
-                      transactional_id=pconf["transactional.id"])
-    eos.init()
-    log.info("exactly-once: transactional id %s ready", pconf["transactional.id"])
+                      transactional_id=pconf["transactional.id"], stop=proc.control.stopping)
+    if eos.init():
+        log.info("exactly-once: transactional id %s ready", pconf["transactional.id"])
     return eos
 
 

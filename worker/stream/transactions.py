@@ -9,7 +9,8 @@ transaction timeout), before it gives partitions up, and at shutdown.
 A transaction that fails is aborted, and every partition is rewound to its committed offset and
 read again. An answer the broker refused for good (too large, invalid) is remembered by its input
 offset, so that when that input comes round again its bounded substitute is sent instead: the
-same failure cannot abort transactions forever. A fatal error (another worker took over the
+same failure cannot abort transactions forever; a substitute refused too stops the worker. A
+fatal error (another worker took over the
 transactional id: fenced) stops the worker; after it, nothing more is committed.
 """
 
@@ -25,7 +26,7 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mgeo.logs import RateLimitedLog
-from mgeo.worker.stream.delivery import Answers, answers_of, is_permanent
+from mgeo.worker.stream.delivery import Answers, answers_of, is_permanent, unwritable
 from mgeo.worker.stream.events import Stats
 from mgeo.worker.stream.intake import FatalStop, Intake, Unit
 from mgeo.worker.stream.offsets import TP, OffsetTracker, Segment
@@ -37,15 +38,17 @@ class _Abort(Exception):
     """The open transaction cannot be committed: abort it and read its inputs again."""
 
 
-def transactional_call(call: Callable[[], object], what: str, *, deadline: float,
+def transactional_call(call: Callable[[float], object], what: str, *, deadline: float,
                        fenced_hint: str, ratelog: RateLimitedLog,
-                       stop: threading.Event | None = None) -> None:
+                       stop: threading.Event | None = None, step: float = 10.0) -> None:
     """Run one transactional API call the way librdkafka's error classes ask: retry a
     retriable error until `deadline`, turn an abortable one into `_Abort`, stop on a fatal one
-    (`FatalStop`)."""
+    (`FatalStop`). `call` takes its timeout: at most `step` seconds (a call blocks the loop,
+    and signals wait for it), never past `deadline`; a call that times out resumes when
+    called again. `stop` set ends the retries."""
     while True:
         try:
-            call()
+            call(max(0.1, min(step, deadline - time.monotonic())))
             return
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
@@ -65,10 +68,12 @@ class ExactlyOnce:
     def __init__(self, producer, *, tracker: OffsetTracker, stats: Stats, answers: Answers,
                  intake: Intake, on_failure: Callable[[BaseException], None],
                  progress: threading.Condition, ratelog: RateLimitedLog,
-                 txn_deadline: Callable[[], float], transactional_id: str):
+                 txn_deadline: Callable[[], float], transactional_id: str,
+                 stop: threading.Event | None = None):
         self.producer, self.tracker, self.stats, self.answers = producer, tracker, stats, answers
         self.intake, self.on_failure, self.progress = intake, on_failure, progress
         self.ratelog, self.txn_deadline = ratelog, txn_deadline
+        self.transactional_id, self.stop = transactional_id, stop
         self.fenced_hint = (f"If it was fenced, another worker uses the same transactional id "
                             f"({transactional_id}): give each worker its own --transactional-id "
                             "(e.g. the pod name)")
@@ -81,12 +86,22 @@ class ExactlyOnce:
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="delivery", daemon=True)
 
-    def init(self) -> None:
-        """Initialise the transactional id (fencing any earlier incarnation), then serve."""
-        transactional_call(lambda: self.producer.init_transactions(10), "init_transactions",
-                           deadline=self.txn_deadline(), fenced_hint=self.fenced_hint,
-                           ratelog=self.ratelog)
+    def init(self) -> bool:
+        """Initialise the transactional id (fencing any earlier incarnation), then serve;
+        False when told to stop first. Calls of a second at most, so that a signal (handled
+        between them) is honoured at once."""
+        try:
+            transactional_call(self.producer.init_transactions, "init_transactions",
+                               deadline=self.txn_deadline(), fenced_hint=self.fenced_hint,
+                               ratelog=self.ratelog, stop=self.stop, step=1.0)
+        except _Abort as exc:
+            if self.stop is not None and self.stop.is_set():
+                return False
+            raise FatalStop(f"exactly-once: cannot initialise the transactional id "
+                            f"{self.transactional_id} ({exc}); check that the brokers are "
+                            "reachable and support transactions. A restart tries again") from None
         self._thread.start()
+        return True
 
     def _serve(self) -> None:
         try:
@@ -145,8 +160,12 @@ class ExactlyOnce:
             except KafkaException as exc:
                 if not is_permanent(exc.args[0]):
                     raise
+                if i in unit.replace:  # the substitute itself: nothing smaller is left
+                    raise FatalStop(f"exactly-once: {unwritable(topic, exc.args[0].str())}") \
+                        from None
                 # Refused before it reached the transaction (e.g. over message.max.bytes):
                 # send the substitute instead; the transaction is unharmed.
+                unit.replace[i] = exc.args[0].str()
                 topic, value, key, headers, kind = self._substitute(
                     unit, i, topic, value, key, headers, exc.args[0].str())
         if kind == 0:
@@ -160,17 +179,13 @@ class ExactlyOnce:
         m = unit.msgs[i]
         sub = self.answers.substitute(topic, value, key, headers, reason,
                                       f"{m.topic()}[{m.partition()}]@{m.offset()}")
-        if sub is None:
-            raise FatalStop(f"exactly-once: cannot write even a bounded substitute answer to "
-                            f"{topic}: {reason}; check the topic's settings (max.message.bytes,"
-                            " cleanup.policy) and the worker's write permission")
         self.stats.substituted += 1
         self.ratelog(f"substitute:{topic}", logging.WARNING, "an answer could not be written "
                      "to %s (%s, permanent): sent a bounded substitute instead", topic, reason)
         return (*sub, self.answers.kind(sub[0], sub[1]))
 
     def _delivered(self, unit: Unit, i: int, err: KafkaError | None, msg) -> None:
-        if err is not None:
+        if err is not None:  # (which answer: by unit and index; reports carry no headers)
             self._refused.append((unit, i, err))
 
     # -- the Kafka loop ----------------------------------------------------------------------
@@ -190,10 +205,10 @@ class ExactlyOnce:
                 positions = {s.tp: s.end for s in self._segments}
                 offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
                 deadline = self.txn_deadline()
-                transactional_call(lambda: self.producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), 10), "send_offsets",
+                transactional_call(lambda timeout: self.producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), timeout), "send_offsets",
                     deadline=deadline, fenced_hint=self.fenced_hint, ratelog=self.ratelog)
-                transactional_call(lambda: self.producer.commit_transaction(10),
+                transactional_call(self.producer.commit_transaction,
                                    "commit_transaction", deadline=deadline,
                                    fenced_hint=self.fenced_hint, ratelog=self.ratelog)
             except _Abort as why:
@@ -223,16 +238,17 @@ class ExactlyOnce:
         """Abort the open transaction and read again every input it answered."""
         self.ratelog("abort", logging.WARNING, "exactly-once: aborting the transaction (%s); "
                      "rewinding to the committed offsets", reason)
-        self._remember_refusals()
+        unwritten = self._remember_refusals()
         if self._in_txn:
             try:
-                transactional_call(lambda: self.producer.abort_transaction(10),
+                transactional_call(self.producer.abort_transaction,
                                    "abort_transaction", deadline=self.txn_deadline(),
                                    fenced_hint=self.fenced_hint, ratelog=self.ratelog)
             except _Abort as exc:
                 self.failed = True
                 raise FatalStop(f"exactly-once: cannot abort the transaction ({exc}); "
-                                "stopping (nothing of it was committed)") from None
+                                f"stopping (nothing of it was committed). "
+                                f"{self.fenced_hint}") from None
             except FatalStop:
                 self.failed = True
                 raise
@@ -240,6 +256,9 @@ class ExactlyOnce:
         self._error = None
         self._segments = []
         self.stats.aborts += 1
+        if unwritten is not None:
+            self.failed = True
+            raise FatalStop(f"exactly-once: {unwritten}")
         for tp in self.tracker.partitions():
             target = self.tracker.rewind(tp)
             if target is None:
@@ -255,13 +274,21 @@ class ExactlyOnce:
         with self.progress:
             self.progress.notify_all()
 
-    def _remember_refusals(self) -> None:
-        """Answers refused for good are replaced by their substitutes when read again."""
+    def _remember_refusals(self) -> str | None:
+        """Answers refused for good are replaced by their substitutes when read again; a
+        refused substitute is the end (the line to stop with, else None)."""
+        unwritten = None
         while self._refused:
             unit, i, err = self._refused.popleft()
-            if is_permanent(err):
-                m = unit.msgs[i]
-                self.intake.replace[(m.partition(), m.offset())] = err.str()
+            if not is_permanent(err):
+                continue
+            if i in unit.replace:
+                topic = unit.answers[i][0] if i in unit.answers else self.answers.output_topic
+                unwritten = unwritten or unwritable(topic, err.str())
+                continue
+            m = unit.msgs[i]
+            self.intake.replace[(m.partition(), m.offset())] = err.str()
+        return unwritten
 
     def lost(self, consumer, tps: set[TP]) -> None:
         """The open transaction answers inputs of lost partitions, whose offsets it can no
