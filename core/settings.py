@@ -1,6 +1,9 @@
-"""Every option of every `mgeo` command, in one typed place.
+"""The options of the `mgeo` commands, typed, and how every settings class reads them.
 
-Each field is an environment variable `MGEO_<NAME>`, a CLI flag `--<name>` (kebab case) and a
+The settings of the commands that are no business of the base install (the bench, training)
+live beside their code and compose the mixins here: `mgeo bench`'s in tools/bench_settings.py, `mgeo synth`'s and `mgeo
+train`'s in training/settings.py (mgeo.tools.cli's COMMANDS names each command's class). Each
+field is an environment variable `MGEO_<NAME>`, a CLI flag `--<name>` (kebab case) and a
 key `<name>` of the config file `--config` names (TOML, or YAML); a flag beats its variable, a
 variable beats the file. `--help` shows the field's description, default and variable, its
 value named by `cli_metavar`, under the group its class names (`option_group`). Options are
@@ -18,7 +21,6 @@ import inspect
 import ipaddress
 import json
 import re
-import warnings
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
@@ -885,76 +887,6 @@ class ScoreSettings(_PairInput, ModelSettings):
                     "bounds memory on big files.")
 
 
-# `--json` is the flag people expect; the field it needs shadows BaseModel.json (deprecated).
-warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
-
-
-class BenchSettings(EngineSettings):
-    """`mgeo bench`: the reference loop against the engine, same pairs, same model."""
-
-    cli_group: ClassVar[str] = BENCHMARK
-
-    pairs: int = Field(2000, ge=32, description="Pairs to score in each configuration.")
-    seed: int = Field(0, description="Seed of the synthetic pairs and random model.")
-    pairs_from: Literal["traffic", "synth"] = Field(
-        "traffic",
-        description="Where the pairs come from: traffic, unlabelled pairs with real traffic's "
-                    "lengths that every install ships (mgeo.traffic); synth, the labelled "
-                    "training generator (needs the training extra).")
-    json: bool = Field(False, description="Print one JSON object instead of a table.")
-    plot: Path | None = Field(
-        Path("bench.png"), description="Where the PNG plot goes (empty to skip).")
-    ref_batch: int = Field(32, ge=1, description="Batch size of the reference loop.")
-    rounds: int = Field(
-        1, ge=1, le=20,
-        description="Timed passes of each configuration; the fastest counts (a shared machine "
-                    "only ever slows a pass down).")
-    profile: Path | None = Field(
-        None,
-        description="Also run the engine once more under torch.profiler: write a Chrome/Perfetto "
-                    "trace to this file (open it at ui.perfetto.dev) and add to the report what "
-                    "limits the run: device busy share, time per stage, top operators.")
-    host_path: bool = Field(
-        False,
-        description="Instead, measure the host path: with a nearly free model (or --model), the "
-                    "raw Rust tokenizer, the transformers call, the engine alone, and `mgeo "
-                    "worker` end to end through the embedded broker (pre-filled topic, rate "
-                    "from the answers' record timestamps) with 1 and more processes.")
-    latency: bool = Field(
-        False,
-        description="Instead, measure latency: capacity from a drained backlog, then a steady "
-                    "producer at 1/10, 1/3 and 2/3 of it; p50/p90/p99 from the client and from "
-                    "the worker's own histogram (default model, or --model).")
-    processes_list: list[int] | None = Field(
-        None, json_schema_extra=_meta("N,..."),
-        description="--host-path: worker process counts to run end to end (default: 1, 2 and "
-                    "4, as far as the cores go).")
-    e2e_pairs: int | None = Field(
-        None, ge=100, json_schema_extra=_meta("N"),
-        description="--host-path: pairs through each end-to-end worker run; --latency: the "
-                    "backlog that measures capacity (default: --pairs).")
-    phase_seconds: float = Field(
-        20.0, gt=0, json_schema_extra=_meta("SECONDS"),
-        description="--latency: how long each steady-load phase runs.")
-    max_batch_pairs: int = Field(
-        4096, ge=1, json_schema_extra=_meta("N"),
-        description="--host-path: pairs per engine call, as the worker hands them over.")
-    memory_pressure: bool = Field(
-        False,
-        description="Instead, drill the adaptive token budget on real GPU memory: start from an "
-                    "oversized budget (--token-budget, default 4x the start-up one) with the "
-                    "GPU nearly full, so that batches run out of memory; every pair must still "
-                    "be scored as without pressure, the budget must shrink, then regrow once "
-                    "the memory is back.")
-    simulate_gpu: bool = Field(
-        False,
-        description="Run on a GPU simulated on the CPU (CUDA's rules, fp16, 256 MiB of memory "
-                    "with the caching allocator's bookkeeping) instead of --device: what "
-                    "bench/gpu-run --cpu uses to rehearse the GPU steps. Slow: fp16 on a CPU.")
-
-    _split_processes = field_validator("processes_list", mode="before")(_split_commas)
-
-
 class ConvertSettings(Base):
     """`mgeo convert SRC DST`: a ModelScope MGeo checkpoint to a Hugging Face directory."""
 
@@ -973,65 +905,8 @@ class ConvertSettings(Base):
     _split_labels = field_validator("labels", mode="before")(_split_commas)
 
 
-class SynthSettings(Base):
-    """`mgeo synth`: labelled synthetic Chinese address pairs for training and tests."""
-
-    cli_group: ClassVar[str] = SYNTH
-    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {IO: ("out",)}
-
-    out: Path = Field(Path("pairs.csv"), description="Output CSV or JSONL file.")
-    pairs: int = Field(20_000, ge=1, description="Number of pairs.")
-    seed: int = Field(0, description="Random seed; the same seed gives the same file.")
-
-
-class TrainSettings(_MaxLength, _Device, _ModelPath):
-    """`mgeo train`: fine-tune a sequence-classification model on labelled pairs."""
-
-    cli_group: ClassVar[str] = TRAINING
-    cli_groups: ClassVar[dict[str, tuple[str, ...]]] = {
-        IO: ("data", "synth", "out", "plot"),
-        MODEL: ("model", "base", "threads"),
-        FRESH_MODEL: ("layers", "hidden", "heads", "intermediate", "dropout"),
-    }
-
-    data: Path | None = Field(
-        None, description="CSV/JSONL of labelled pairs (id,addr1,addr2,label); or use --synth.")
-    synth: int | None = Field(
-        None, ge=10, description="Train on this many pairs from `mgeo synth` (made with --seed) "
-                                 "instead of --data.")
-    out: Path = Field(..., description="Directory the trained model is saved to.",
-                      json_schema_extra=_meta("DIR"))
-    model: Path | None = Field(
-        None,
-        description="Checkpoint to start from (a local Hugging Face directory: a converted "
-                    "MGeo or an earlier `mgeo train` output), fine-tuned at --lr. Default: a "
-                    "fresh small BERT (--layers, --hidden, --heads).",
-        json_schema_extra=_meta("DIR"))
-    base: Path | None = Field(
-        None, description="Deprecated alias of --model; will be removed.",
-        json_schema_extra=_meta("DIR"))
-    epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
-    batch_size: int = Field(64, ge=1, description="Pairs per optimizer step.")
-    lr: float | None = Field(
-        None, gt=0, description="Peak learning rate (linear warm-up and decay). Default: 5e-4 "
-                                "for a fresh model, 3e-5 when fine-tuning --model.",
-        json_schema_extra=_meta("RATE"))
-    warmup: float = Field(0.06, ge=0, lt=1, description="Share of the steps spent warming up.",
-                          json_schema_extra=_meta("FRACTION"))
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases "
-                                                         "and LayerNorm).")
-    eval_fraction: float = Field(0.1, gt=0, lt=0.9, description="Share held out for evaluation.",
-                                 json_schema_extra=_meta("FRACTION"))
-    evals: int = Field(10, ge=1, description="Evaluations on the held-out split during "
-                                             "training (points of the training curve).")
-    seed: int = Field(0, description="Seed of the split, the initialisation and the data order.")
-    layers: int = Field(4, ge=1, description="Layers of a fresh model.")
-    hidden: int = Field(128, ge=32, description="Hidden size of a fresh model.")
-    heads: int = Field(4, ge=1, description="Attention heads of a fresh model.")
-    intermediate: int | None = Field(
-        None, ge=32, description="Feed-forward size of a fresh model (default: 4 x hidden).")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout of a fresh model.",
-                           json_schema_extra=_meta("FRACTION"))
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all).")
-    plot: bool = Field(True, description="Write training_curve.png beside the model "
-                                         "(needs matplotlib).")
+# -- for the settings that live beside their component -----------------------------------------
+# training/settings.py (`mgeo synth`, `mgeo train`) and tools/bench_settings.py (`mgeo bench`)
+# compose these option mixins and helpers, by these names.
+ModelPathOption, DeviceOption, MaxLengthOption = _ModelPath, _Device, _MaxLength
+metavar, split_commas = _meta, _split_commas

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass
+
+CHARS = "北京上海市区路街道号楼栋单元室紫萱栖霞仙林文枢东西南北中山人民解放建设0123456789"
 
 
 @dataclass
@@ -40,3 +43,13 @@ class RuleEngine:
             raise RuntimeError("cannot score")
         return Rows([[0.0, 0.0, 1.0] if a == b else [1.0, 0.0, 0.0] for a, b in pairs],
                     [False] * len(pairs))
+
+
+def random_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` pairs of random addresses of 3 to 40 characters (the same for the same seed)."""
+    rng = random.Random(seed)
+
+    def addr() -> str:
+        return "".join(rng.choice(CHARS) for _ in range(rng.randint(3, 40)))
+
+    return [(addr(), addr()) for _ in range(n)]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mgeo import settings as settings_mod
-from mgeo.tools.cli import COMMANDS, main, parse
+from mgeo.tools.cli import COMMANDS, main, parse, settings_class
 
 
 def _flag(name: str) -> str:
@@ -23,7 +23,7 @@ def test_help_documents_every_option(command, capsys):
         parse(command, ["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    cls = getattr(settings_mod, COMMANDS[command][0])
+    cls = settings_class(command)
     for name, field in cls.model_fields.items():
         aliases = getattr(field.validation_alias, "choices", None) or [name]
         flag = _flag(aliases[0] if isinstance(aliases[0], str) else name)
@@ -40,7 +40,7 @@ def test_top_level_help_lists_commands(capsys):
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_option_is_an_env_var(command, monkeypatch):
-    cls = getattr(settings_mod, COMMANDS[command][0])
+    cls = settings_class(command)
     required = {"input": "x.csv", "out": "y.csv", "src": "a", "dst": "b", "data": "d.csv"}
     for name in cls.model_fields:
         if name in required:
@@ -163,7 +163,7 @@ def _usage(text: str) -> str:
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_option_is_in_a_named_group_with_its_variable_and_default(command, capsys):
-    cls = getattr(settings_mod, COMMANDS[command][0])
+    cls = settings_class(command)
     entries = _entries(_help(command, capsys))
     assert entries["-h"][0] == entries["--version"][0] == settings_mod.GENERAL
     for name, field in cls.model_fields.items():

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from mgeo import settings as settings_mod
-from mgeo.tools.cli import COMMANDS, main
+from mgeo.tools.cli import COMMANDS, main, settings_class
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -255,7 +255,7 @@ def test_workers_run_the_mgeo_worker_command(services):
         assert argv(svc) == ["mgeo", "worker"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["mgeo"] == "mgeo.tools.cli:main"
-    assert COMMANDS["worker"][0] == "WorkerSettings"
+    assert COMMANDS["worker"][0] == "mgeo.settings:WorkerSettings"
 
 
 def help_flags(command: str, capsys) -> set[str]:
@@ -296,7 +296,7 @@ def test_every_mgeo_variable_is_a_setting_the_command_reads(services, monkeypatc
     checked = 0
     for name, (command, svc) in mgeo_services(services).items():
         assert command in COMMANDS, f"{name}: mgeo has no {command!r} command"
-        cls = getattr(settings_mod, COMMANDS[command][0])
+        cls = settings_class(command)
         variables = {k: v for k, v in env(svc).items() if k.startswith("MGEO_")}
         for key in variables:
             assert key[5:].lower() in cls.model_fields, \

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from engines import random_pairs
 
 torch = pytest.importorskip("torch")
 
@@ -20,16 +21,6 @@ from mgeo.tools.models import build_random_model  # noqa: E402
 from mgeo.worker.inference.model import load_model  # noqa: E402
 
 WAIT_S = 30  # a bound on waits for the engine's threads, never a duration a test depends on
-CHARS = "北京上海市区路街道号楼栋单元室紫萱栖霞仙林文枢东西南北中山人民解放建设0123456789"
-
-
-def _pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-
-    def addr() -> str:
-        return "".join(rng.choice(CHARS) for _ in range(rng.randint(3, 40)))
-
-    return [(addr(), addr()) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +29,9 @@ def tiny(tmp_path_factory):
                               intermediate=128, seed=1)
 
 
-def _engine(path, **kw) -> Engine:
+def _engine(path, model_call=None, **kw) -> Engine:
     kw.setdefault("device", "cpu")
-    return Engine.from_settings(ModelSettings(model=path, **kw))
+    return Engine.from_settings(ModelSettings(model=path, **kw), model_call=model_call)
 
 
 def _reference(path, pairs, max_length=128):
@@ -63,7 +54,7 @@ def _close(got, want, tol=1e-5):
 
 
 def test_scores_match_the_pipeline_in_input_order(tiny):
-    pairs = _pairs(60)
+    pairs = random_pairs(60)
     engine = _engine(tiny, token_budget=256)  # several batches, sorted by length
     got = engine.score(pairs)
     _close(got, _reference(tiny, pairs))
@@ -77,7 +68,7 @@ def test_scores_match_the_pipeline_in_input_order(tiny):
 
 
 def test_identical_pairs_are_scored_once(tiny):
-    pairs = _pairs(5)
+    pairs = random_pairs(5)
     batch = [pairs[0], pairs[1], pairs[0], pairs[2], pairs[0], pairs[1]]
     engine = _engine(tiny)
     got = engine.score(batch)
@@ -88,7 +79,7 @@ def test_identical_pairs_are_scored_once(tiny):
 
 
 def test_lru_cache_counts_hits_and_evicts_the_least_recent(tiny):
-    p = _pairs(4)
+    p = random_pairs(4)
     engine = _engine(tiny, cache_size=2)
     engine.score([p[0], p[1]])
     engine.score([p[0], p[2]])  # p0 hit; p1 is now the least recent and is evicted
@@ -106,13 +97,18 @@ def test_lru_cache_counts_hits_and_evicts_the_least_recent(tiny):
 
 
 class FlakyForward:
-    """Wraps the engine's model call; raises the real CUDA OOM type on chosen calls."""
+    """Wraps the engine's model call (given to the engine as `model_call=flaky.wrap`); raises
+    the real CUDA OOM type on chosen calls."""
 
-    def __init__(self, engine: Engine, fail_when):
-        self.inner = engine._forward
+    def __init__(self, fail_when):
+        self.inner = None
         self.fail_when = fail_when
         self.calls = 0
         self.scored_rows: list[tuple[int, ...]] = []
+
+    def wrap(self, inner):
+        self.inner = inner
+        return self
 
     def __call__(self, inputs):
         self.calls += 1
@@ -135,11 +131,10 @@ def _sequences(inputs) -> list[tuple[int, ...]]:
 
 
 def test_oom_retries_the_same_pairs_then_the_budget_recovers(tiny):
-    pairs = _pairs(80, seed=3)
+    pairs = random_pairs(80, seed=3)
+    flaky = FlakyForward(lambda call, inputs: call in (1, 2))  # two OOMs in a row
     engine = Engine(*load_model(tiny), device="cpu", token_budget=2048, grow_after=2,
-                    model_name="tiny")
-    flaky = FlakyForward(engine, lambda call, inputs: call in (1, 2))  # two OOMs in a row
-    engine._forward = flaky
+                    model_name="tiny", model_call=flaky.wrap)
     got = engine.score(pairs)
 
     _close(got, _reference(tiny, pairs))
@@ -156,16 +151,15 @@ def test_oom_retries_the_same_pairs_then_the_budget_recovers(tiny):
     assert shrunk < 2048
     # Enough good batches regrow the budget to, and never past, the start-up value.
     for seed in range(4, 30):
-        engine.score(_pairs(40, seed=seed))
+        engine.score(random_pairs(40, seed=seed))
         assert engine.token_budget <= 2048
     assert engine.token_budget == 2048 > shrunk
 
 
 def test_oom_on_a_single_pair_is_a_systemic_failure(tiny):
-    engine = _engine(tiny)
-    engine._forward = FlakyForward(engine, lambda call, inputs: True)
+    engine = _engine(tiny, model_call=FlakyForward(lambda call, inputs: True).wrap)
     with pytest.raises(RuntimeError, match="single pair"):
-        engine.score(_pairs(3))
+        engine.score(random_pairs(3))
     # Split once or twice (by the halved budget, then in halves), then a lone pair failed.
     assert engine.stats()["oom_retries"] in (2, 3)
 
@@ -175,9 +169,8 @@ def test_oom_on_short_pairs_under_the_budget_floor_splits_them(tiny, layout):
     """Two short pairs fit the smallest budget (one max-length pair) together: a retry must
     still split them, not rerun the same batch for ever."""
     pairs = [("北京路1号", "北京路2号"), ("上海市", "上海")]
-    engine = _engine(tiny, batch_layout=layout)
-    flaky = FlakyForward(engine, lambda call, inputs: len(_sequences(inputs)) > 1)
-    engine._forward = flaky
+    flaky = FlakyForward(lambda call, inputs: len(_sequences(inputs)) > 1)
+    engine = _engine(tiny, batch_layout=layout, model_call=flaky.wrap)
     got = engine.score(pairs)
     _close(got, _reference(tiny, pairs))
     assert engine.stats()["oom_retries"] == 1 and flaky.calls == 3
@@ -242,7 +235,7 @@ def test_native_bf16_detection_agrees_with_the_kernel():
 def test_bf16_runs_in_bf16_and_stays_close_to_fp32(tiny, monkeypatch):
     # bf16 compute is the same wherever it runs; only its speed needs the hardware.
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
-    pairs = _pairs(20, seed=3)
+    pairs = random_pairs(20, seed=3)
     engine = _engine(tiny, precision="bf16", token_budget=256)
     assert engine.precision == "bf16"
     assert next(engine.model.parameters()).dtype == torch.bfloat16
@@ -258,7 +251,7 @@ def test_cuda_without_gpu_is_a_clear_error(tiny):
 
 
 def test_int8_runs_and_stays_close_to_fp32(tiny):
-    pairs = _pairs(20, seed=7)
+    pairs = random_pairs(20, seed=7)
     engine = _engine(tiny, precision="int8")
     assert engine.precision == "int8"
     assert any("quantized" in type(m).__module__ for m in engine.model.modules())
@@ -358,7 +351,7 @@ def test_scores_equal_the_transformers_call_on_the_same_batches(layout):
     engine = Engine(tokenizer, model, id2label, device="cpu", token_budget=2048,
                     batch_layout=layout)
     assert engine.layout == layout
-    pairs = _pairs(150, seed=21) + [("北" * 100, "南" * 80), ("紫萱路363号 SOHO", "ＡＢＣ ３６３号")]
+    pairs = random_pairs(150, seed=21) + [("北" * 100, "南" * 80), ("紫萱路363号 SOHO", "ＡＢＣ ３６３号")]
     prep = engine.prepare(pairs)
     got = engine.forward(prep)
     keys = prep.keys
@@ -387,14 +380,14 @@ def test_packed_is_the_cpu_default_for_bert_and_other_models_run_padded(tiny):
     roberta = RobertaForSequenceClassification(config)
     engine = Engine(tokenizer, roberta, id2label, device="cpu")
     assert engine.layout == "padded"
-    assert len(engine.score(_pairs(5))) == 5
+    assert len(engine.score(random_pairs(5))) == 5
     with pytest.raises(ValueError, match="batch-layout padded"):
         Engine(tokenizer, RobertaForSequenceClassification(config), id2label, device="cpu",
                batch_layout="packed")
 
 
 def test_packed_batches_keep_to_the_token_budget_and_score_every_pair_once(tiny):
-    pairs = _pairs(120, seed=8)
+    pairs = random_pairs(120, seed=8)
     engine = _engine(tiny, token_budget=300)
     prep = engine.prepare(pairs)
     lengths = prep.enc.lengths
@@ -419,13 +412,13 @@ def test_lane_rules():
 
 
 def test_lanes_score_a_job_in_parallel_batches_exactly_as_one_lane(tiny):
-    pairs = _pairs(200, seed=12)
+    pairs = random_pairs(200, seed=12)
     one = _engine(tiny, lanes=1, threads=2, token_budget=512)
     two = _engine(tiny, lanes=2, threads=2, token_budget=512)
     assert (one.lane_threads, two.lane_threads) == (2, 1)
     # Each lane runs with its own share of the threads.
-    assert two._pool.submit(torch.get_num_threads).result(WAIT_S) == 1
-    assert one._pool.submit(torch.get_num_threads).result(WAIT_S) == 2
+    assert two.runner.submit(torch.get_num_threads).result(WAIT_S) == 1
+    assert one.runner.submit(torch.get_num_threads).result(WAIT_S) == 2
     a, b = one.score(pairs), two.score(pairs)
     _close(a, [x.probs for x in b], tol=1e-6)
     stats = two.stats()
@@ -434,4 +427,4 @@ def test_lanes_score_a_job_in_parallel_batches_exactly_as_one_lane(tiny):
     # close() waits for the lanes to end: a torch thread still ending while the interpreter
     # exits aborted `mgeo score` ("terminate called without an active exception").
     two.close()
-    assert not any(t.is_alive() for t in two._pool._threads)
+    assert two.runner.alive() == 0

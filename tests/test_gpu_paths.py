@@ -18,10 +18,12 @@ from mgeo import traffic  # noqa: E402
 from mgeo.worker.inference import accelerator as accel_mod  # noqa: E402
 from mgeo.worker.inference.accelerator import Cuda, Simulated, SimulatedGpu  # noqa: E402
 from mgeo.worker.inference.device import resolve_device  # noqa: E402
-from mgeo.worker.inference.engine import Engine, Padded  # noqa: E402
+from mgeo.worker.inference.engine import Engine  # noqa: E402
+from mgeo.worker.inference.layouts import Padded  # noqa: E402
 from mgeo.worker.inference.memory import GPU_TOKEN_BUDGET_CAP, probe_budget  # noqa: E402
 from mgeo.worker.inference.model import load_model  # noqa: E402
 from mgeo.worker.inference.packed import Packed  # noqa: E402
+from mgeo.worker.inference.runners import Inline  # noqa: E402
 
 GiB = 2**30
 WAIT = 30  # a bound on waits for threads, never a duration a test depends on
@@ -44,7 +46,7 @@ def _expected_budget(free: int, bytes_per_token: int, fraction: float = 0.8) -> 
 def test_an_engine_on_a_gpu_follows_the_gpu_rules(tiny_model):
     engine, sim = _gpu_engine(tiny_model)
     assert (engine.device, engine.precision, engine.layout) == ("cuda", "fp16", "padded")
-    assert engine.lanes == 1 and engine._pool is None  # batches run on the calling thread
+    assert engine.lanes == 1 and isinstance(engine.runner, Inline)  # on the calling thread
     assert next(engine.model.parameters()).dtype == torch.float16
     assert engine.token_budget == _expected_budget(GiB, sim.gpu.bytes_per_token)
     prep = engine.prepare(_pairs(50))
@@ -71,7 +73,9 @@ def test_batches_are_pinned_while_prepared_and_copied_when_run(tiny_model):
     engine.forward(prep)
     assert sim.calls["upload"] == len(prep.batches)
     syncs = sim.calls["synchronize"]
-    engine.model_seconds(_pairs(60, seed=2))  # the bench's model-only time waits for the device
+    from mgeo.tools.bench import model_seconds
+
+    model_seconds(engine, _pairs(60, seed=2))  # the bench's model-only time waits for the device
     assert sim.calls["synchronize"] == syncs + 2
 
 
@@ -220,15 +224,15 @@ def _score_at_once(engines: list[Engine], work: list[list[tuple[str, str]]]) -> 
 def test_a_gpu_worker_prepares_the_next_batch_while_the_device_runs_one(tiny_model):
     from test_processor import Harness, ids
 
-    engine, sim = _gpu_engine(tiny_model, token_budget=4096)
     gate = threading.Event()
-    model_call = engine._forward
 
-    def held(inputs):
-        gate.wait(WAIT)
-        return model_call(inputs)
+    def held(model_call):
+        def call(inputs):
+            gate.wait(WAIT)
+            return model_call(inputs)
+        return call
 
-    engine._forward = held
+    engine, sim = _gpu_engine(tiny_model, token_budget=4096, model_call=held)
     h = Harness(engine=engine)
     h.assign()
     h.send(0, ids("a", 3), "上海市浦东新区世纪大道100号", "世纪大道100号")

@@ -90,6 +90,31 @@ def test_every_part_imports_only_the_parts_below_it():
     assert not wrong, "imports against the layout:\n" + "\n".join(wrong)
 
 
+def test_no_module_imports_one_that_imports_it_back():
+    """Imports form no circle, even through imports inside functions: pieces two modules
+    share live in a third (tools/workload.py for the bench modes)."""
+    modules = dict(_modules())
+    graph = {m: sorted(i for i in _imports(p, m) if i in modules and i != m)
+             for m, p in modules.items()}
+    done: set[str] = set()
+
+    def circle(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        for name in graph[module]:
+            found = circle(name, path + [module])
+            if found:
+                return found
+        done.add(module)
+        return None
+
+    for module in graph:
+        found = circle(module, [])
+        assert not found, "an import circle: " + " -> ".join(found)
+
+
 def test_the_command_table_points_down_only_from_the_top():
     from mgeo.tools.cli import COMMANDS
 
@@ -112,6 +137,16 @@ def test_the_stream_part_runs_without_torch_and_the_engine_without_kafka():
     assert not producer & {"torch", "transformers", "tokenizers", "numpy"}
     engine = _imported_by("mgeo.worker.inference.engine")
     assert "confluent_kafka" not in engine
+
+
+def test_every_commands_settings_import_without_torch():
+    """`mgeo COMMAND --help` and a config file's check run on the base install, wherever a
+    command's settings class lives."""
+    from mgeo.tools.cli import COMMANDS
+
+    for module in sorted({target.split(":")[0] for target, _, _ in COMMANDS.values()}):
+        found = _imported_by(module) & {"torch", "transformers", "tokenizers", "numpy"}
+        assert not found, f"{module} imports {found}"
 
 
 SHADOWS = {"producer.py": "raise SystemExit('the user\\'s producer.py was imported')\n",

@@ -12,8 +12,9 @@ pytest.importorskip("transformers")
 
 from mgeo.training import synth  # noqa: E402
 from mgeo.tools.cli import main as cli_main  # noqa: E402
-from mgeo.settings import TrainSettings  # noqa: E402
+from mgeo.training.settings import TrainSettings  # noqa: E402
 from mgeo.training import train as tr  # noqa: E402
+from mgeo.training.evaluate import classification_report  # noqa: E402
 
 TINY = dict(layers=1, hidden=64, heads=2, threads=2, plot=False)
 
@@ -195,6 +196,59 @@ def test_usage_errors_exit_2_with_a_message(tmp_path, capsys):
     assert not (tmp_path / "y").exists()
 
 
+def _model_inputs(batches: list) -> list[tuple]:
+    """(ids, token types, attention mask as [pairs, width] bool) of each batch a model saw."""
+    out = []
+    for ids, types, mask in batches:
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
+        out.append((ids, types, mask.reshape(ids.shape[0], -1).bool()))
+    return out
+
+
+def test_evaluation_feeds_the_model_exactly_what_the_engine_feeds_it(tiny_model):
+    """The held-out split, the development set and the reference pairs are scored on the
+    serving path: the same batches of the same token ids, types and masks as the worker's
+    engine (padded layout, its CPU budget) gives the model, not the transformers call's."""
+    from mgeo.training import devset
+    from mgeo.training.evaluate import score_dev_set, score_references
+    from mgeo.worker.inference.engine import Engine
+    from mgeo.worker.inference.model import load_model
+
+    tokenizer, model, id2label = load_model(tiny_model)
+    label2id = {v: k for k, v in id2label.items()}
+    seen: list = []
+
+    def record(module, args, kwargs):
+        seen.append((kwargs["input_ids"], kwargs["token_type_ids"], kwargs["attention_mask"]))
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    score_dev_set(model, tokenizer, label2id, id2label, 128)
+    score_references(model, tokenizer, id2label, 128)
+    hook.remove()
+    evaluated = _model_inputs(seen)
+
+    fed: list = []
+
+    def feed(real):
+        def call(inputs):
+            fed.append((inputs.ids, inputs.types, inputs.mask))
+            return real(inputs)
+        return call
+
+    rows = devset.read_dev_set(devset.dev_set_path())
+    engine = Engine(tokenizer, model, id2label, device="cpu", batch_layout="padded", lanes=1,
+                    model_call=feed)
+    try:
+        engine.score_rows([(r["addr1"], r["addr2"]) for r in rows])
+        engine.score_rows([(p["addr1"], p["addr2"]) for p in synth.REFERENCE_PAIRS])
+    finally:
+        engine.close()
+    served = _model_inputs(fed)
+    assert len(evaluated) == len(served) > 2
+    for (a, b, c), (x, y, z) in zip(evaluated, served):
+        assert torch.equal(a, x) and torch.equal(b, y) and torch.equal(c, z)
+
+
 def test_bucketed_batches_cover_every_pair_once_with_similar_lengths():
     rng = random.Random(0)
     lengths = [rng.randint(10, 90) for _ in range(5000)]
@@ -207,7 +261,7 @@ def test_bucketed_batches_cover_every_pair_once_with_similar_lengths():
 
 
 def test_classification_report():
-    rep = tr.classification_report([0, 0, 1, 2, 2], [0, 1, 1, 2, 0],
+    rep = classification_report([0, 0, 1, 2, 2], [0, 1, 1, 2, 0],
                                    {0: "not_match", 1: "partial_match", 2: "exact_match"})
     assert rep["accuracy"] == pytest.approx(0.6)
     assert rep["per_label"]["not_match"]["precision"] == pytest.approx(0.5)

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgeo import traffic
 from mgeo.plots import machine_name, pyplot, save
-from mgeo.settings import BenchSettings
-from mgeo.tools.models import bert_base
-from mgeo.worker.inference.accelerator import Accelerator, Simulated, SimulatedGpu
+from mgeo.tools.bench_settings import BenchSettings
+from mgeo.tools.workload import agreement, bench_model, make_pairs, simulated_gpu
 from mgeo.worker.inference.batcher import padded_tokens
 from mgeo.worker.inference.device import resolve_device, resolve_precision, torch_dtype
 from mgeo.worker.inference.engine import Engine
@@ -30,7 +28,6 @@ from mgeo.worker.inference.model import load_model
 log = logging.getLogger(__name__)
 
 _WARMUP = 64
-SIMULATED_GPU_BYTES = 256 * 2**20  # small: the start-up probe runs a batch that fills it
 
 
 def run(settings: BenchSettings) -> int:
@@ -79,11 +76,6 @@ class _BatchTimes:
         self.seconds.append(seconds)
 
 
-def simulated_gpu(s: BenchSettings) -> Accelerator | None:
-    """With --simulate-gpu, the accelerator of a GPU simulated on the CPU, else None."""
-    return Simulated(SimulatedGpu(SIMULATED_GPU_BYTES)) if s.simulate_gpu else None
-
-
 def bench(s: BenchSettings) -> tuple[dict, dict]:
     """Time the reference loop and the engine on the same pairs; returns (report, timings)."""
     accel = simulated_gpu(s)
@@ -98,7 +90,7 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
     rows, source = make_pairs(s.pairs + warmup, s.seed, s.pairs_from)
     warm = [(r["addr1"], r["addr2"]) for r in rows[:warmup]]
     pairs = [(r["addr1"], r["addr2"]) for r in rows[warmup:]]
-    model_dir, model_desc = _model(s)
+    model_dir, model_desc = bench_model(s)
 
     # The reference runs at the engine's precision, except int8 and bf16 on a CPU: people run
     # fp32 there, and the engine's distance from fp32 is exactly its accuracy cost.
@@ -128,7 +120,7 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
         after = engine.stats()
     peak = engine.accel.peak_memory()
 
-    model_best = min(engine.model_seconds(pairs) for _ in range(s.rounds))
+    model_best = min(model_seconds(engine, pairs) for _ in range(s.rounds))
     eng_probs = np.array([[x.probs[label] for label in engine.labels] for x in scored])
     pos = [engine.labels.index(p) for p in engine.positive]
     batches = after["batches"] - before["batches"]
@@ -181,14 +173,23 @@ def bench(s: BenchSettings) -> tuple[dict, dict]:
     return report, timings
 
 
-def agreement(probs: np.ndarray, other: np.ndarray, positive: list[int]) -> dict:
-    """How far two runs' probabilities (pairs x labels, same label order) are apart."""
-    same = probs.argmax(1) == other.argmax(1)
-    return {"max_abs_score_diff": float(np.abs(probs[:, positive].sum(1)
-                                               - other[:, positive].sum(1)).max()),
-            "max_abs_prob_diff": float(np.abs(probs - other).max()),
-            "label_agreement": float(same.mean()),
-            "label_disagreements": int((~same).sum())}
+def model_seconds(engine: Engine, pairs: list[tuple[str, str]]) -> float:
+    """Seconds the model alone takes for `pairs`: the batches the engine would run, already
+    tokenized and on the device, on the engine's runner, timed from the first launch to the
+    last result (the bound for `Engine.forward`, which adds the copies to the device and
+    back)."""
+    prep = engine.prepare(pairs)
+    batches = [engine.accel.upload(b.inputs) for b in prep.batches]
+    engine.accel.synchronize()
+
+    def run(inputs) -> None:
+        with torch.inference_mode():
+            engine.logits(inputs).float().softmax(-1)
+
+    started = time.perf_counter()
+    engine.runner.map(run, batches)
+    engine.accel.synchronize()
+    return time.perf_counter() - started
 
 
 class Reference:
@@ -224,28 +225,6 @@ class Reference:
         padded = sum(padded_tokens(lengths[i:i + self.batch])
                      for i in range(0, len(lengths), self.batch))
         return sum(lengths) / padded
-
-
-def make_pairs(n: int, seed: int, source: str = "traffic") -> tuple[list[dict], str]:
-    """`n` pairs with real traffic's lengths and where they came from: `mgeo.traffic`, which
-    every install ships, or (source "synth") the labelled training generator, which needs the
-    `training` extra."""
-    if source == "synth":
-        try:
-            from mgeo.training.synth import generate_pairs
-
-            return generate_pairs(n, seed), f"mgeo.training.synth.generate_pairs(seed={seed})"
-        except ImportError as exc:  # the module, or the data package it loads when called
-            raise ValueError(f"--pairs-from synth needs the training generator ({exc.name} is "
-                             "not installed): pip install 'mgeo-stream[training]', or leave "
-                             "--pairs-from at traffic") from None
-    return traffic.pairs(n, seed), f"{traffic.DESCRIPTION}, seed {seed}"
-
-
-def _model(s) -> tuple[Path, str]:
-    if s.model:
-        return Path(s.model), str(s.model)
-    return bert_base(s.seed)
 
 
 def _length_stats(lengths: list[int]) -> dict:

@@ -25,27 +25,29 @@ from typing import Any, get_origin
 from pydantic import ValidationError
 from pydantic_settings import CliApp, CliSettingsSource, SettingsError
 
-# name -> (settings class in mgeo.settings, "module:function" that runs it, one-line summary)
+# name -> ("module:Class" of its settings, "module:function" that runs it, one-line summary).
+# A command's settings live beside what it configures where that is not the base install's
+# business (bench: tools, synth and train: training); every settings module imports no torch.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("DemoSettings", "mgeo.tools.demo:run",
+    "demo": ("mgeo.settings:DemoSettings", "mgeo.tools.demo:run",
              "Run the whole pipeline on this machine: broker, worker, producer, collector."),
-    "worker": ("WorkerSettings", "mgeo.worker.app:run",
+    "worker": ("mgeo.settings:WorkerSettings", "mgeo.worker.app:run",
                "Consume address pairs, score them, publish results, commit offsets."),
-    "produce": ("ProduceSettings", "mgeo.producer.publish:run",
+    "produce": ("mgeo.settings:ProduceSettings", "mgeo.producer.publish:run",
                 "Publish address pairs from a CSV/JSONL file or stdin."),
-    "collect": ("CollectSettings", "mgeo.producer.collect:run",
+    "collect": ("mgeo.settings:CollectSettings", "mgeo.producer.collect:run",
                 "Read the results topic into a CSV or JSONL file."),
-    "broker": ("BrokerSettings", "mgeo.tools.broker:run",
+    "broker": ("mgeo.settings:BrokerSettings", "mgeo.tools.broker:run",
                "Run an embedded Kafka-compatible broker, in memory, on loopback."),
-    "score": ("ScoreSettings", "mgeo.tools.score:run",
+    "score": ("mgeo.settings:ScoreSettings", "mgeo.tools.score:run",
               "Score a CSV/JSONL file offline with the engine (no Kafka)."),
-    "bench": ("BenchSettings", "mgeo.tools.bench:run",
+    "bench": ("mgeo.tools.bench_settings:BenchSettings", "mgeo.tools.bench:run",
               "Benchmark the engine against the common reference loop."),
-    "convert": ("ConvertSettings", "mgeo.worker.inference.convert:run",
+    "convert": ("mgeo.settings:ConvertSettings", "mgeo.worker.inference.convert:run",
                 "Convert a ModelScope MGeo checkpoint to a Hugging Face directory."),
-    "synth": ("SynthSettings", "mgeo.training.synth:run",
+    "synth": ("mgeo.training.settings:SynthSettings", "mgeo.training.synth:run",
               "Generate labelled synthetic Chinese address pairs."),
-    "train": ("TrainSettings", "mgeo.training.train:run",
+    "train": ("mgeo.training.settings:TrainSettings", "mgeo.training.train:run",
               "Fine-tune a sequence-classification model on labelled pairs."),
 }
 
@@ -118,9 +120,13 @@ class _Version(argparse.Action):
 
 
 def settings_class(command: str) -> type:
-    from mgeo import settings as settings_mod
-
-    return getattr(settings_mod, COMMANDS[command][0])
+    """The settings class of `command`. Every command's settings module is imported first: a
+    config file may hold the keys of any command (mgeo.settings knows those of the settings
+    classes imported), as one file serves the worker, the producer and the bench."""
+    for target, _, _ in COMMANDS.values():
+        importlib.import_module(target.split(":")[0])
+    module, name = COMMANDS[command][0].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _field_names(cls) -> dict[str, str]:

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from mgeo.settings import BenchSettings
+from mgeo.tools.bench_settings import BenchSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def run_host_path(s: BenchSettings) -> dict:
     from transformers import AutoTokenizer
 
-    from mgeo.tools.bench import make_pairs
+    from mgeo.tools.workload import make_pairs
     from mgeo.tools.models import nearly_free
     from mgeo.worker.inference.device import resolve_device
     from mgeo.worker.inference.engine import Engine

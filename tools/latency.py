@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from mgeo.settings import BenchSettings
+from mgeo.tools.bench_settings import BenchSettings
 
 PHASES = (0.1, 1 / 3, 2 / 3)
 
@@ -62,7 +62,7 @@ def scrape_e2e(port: int) -> list[tuple[float, float]]:
 
 
 def run_latency(s: BenchSettings) -> dict:
-    from mgeo.tools.bench import make_pairs
+    from mgeo.tools.workload import make_pairs
     from mgeo.tools.broker import EmbeddedBroker, free_port
     from mgeo.tools.harness import Answers, Topics, Worker, paced, prefill, steady_rate
     from mgeo.worker.inference.device import resolve_device

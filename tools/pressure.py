@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from mgeo.settings import BenchSettings
+from mgeo.tools.bench_settings import BenchSettings
+from mgeo.tools.workload import agreement, bench_model, make_pairs, simulated_gpu
 
 GROW_AFTER = 2      # good batches before the budget grows 10%: quick, for the drill
 REGROW_PASSES = 12  # at most, and at most REGROW_SECONDS
@@ -28,7 +29,6 @@ REGROW_SECONDS = 60.0
 
 
 def run_pressure(s: BenchSettings) -> dict:
-    from mgeo.tools.bench import _model, agreement, make_pairs, simulated_gpu
     from mgeo.worker.inference.accelerator import accelerator_for
     from mgeo.worker.inference.device import resolve_device
     from mgeo.worker.inference.engine import Engine
@@ -43,7 +43,7 @@ def run_pressure(s: BenchSettings) -> dict:
         accel = accelerator_for(device)
     rows, source = make_pairs(s.pairs, s.seed, s.pairs_from)
     pairs = [(r["addr1"], r["addr2"]) for r in rows]
-    model_dir, model_desc = _model(s)
+    model_dir, model_desc = bench_model(s)
     tokenizer, model, id2label = load_model(model_dir)
 
     def engine(budget: int | None, grow_after: int = 32) -> Engine:
@@ -70,14 +70,14 @@ def run_pressure(s: BenchSettings) -> dict:
     release, ballast = _occupy(accel, max(0, (accel.free_memory() or 0) - headroom), headroom)
     report.update(headroom_bytes=headroom, ballast_bytes=ballast)
     try:
-        report["pressed"] = _pass(pressed, pairs, want, pos, agreement)
+        report["pressed"] = _pass(pressed, pairs, want, pos)
     finally:
         release()
     report["regrow"] = []
     started = time.monotonic()
     while (len(report["regrow"]) < REGROW_PASSES and time.monotonic() - started < REGROW_SECONDS
            and pressed.token_budget < pressed.stats()["token_budget_max"]):
-        report["regrow"].append(_pass(pressed, pairs, want, pos, agreement))
+        report["regrow"].append(_pass(pressed, pairs, want, pos))
         if "crashed" in report["regrow"][-1]:
             break
     passes = [report["pressed"], *report["regrow"]]
@@ -103,7 +103,7 @@ def _occupy(accel, nbytes: int, step: int):
     raise RuntimeError("could not take the GPU's free memory for the drill")
 
 
-def _pass(engine, pairs, want: np.ndarray, pos: list[int], agreement) -> dict:
+def _pass(engine, pairs, want: np.ndarray, pos: list[int]) -> dict:
     """One call of every pair: what happened to the budget, and how the scores compare."""
     before = engine.stats()
     budget = engine.token_budget

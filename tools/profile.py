@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mgeo.worker.inference.engine import Engine
+from mgeo.worker.inference.runners import Inline
 
 # Stages the engine marks with torch.profiler.record_function.
 _STAGES = ("mgeo.to_device", "mgeo.forward", "mgeo.to_host")
@@ -28,9 +29,10 @@ def profile_engine(engine: Engine, pairs: list[tuple[str, str]], trace: Path) ->
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     before = engine.stats()["tokenize_seconds"]
     # The profiler follows the thread that starts it: the batches run on it, as on one lane.
-    with engine.inline(), profile(activities=activities) as prof:
+    one_lane = Inline(engine.lane_threads, scoped=True)
+    with profile(activities=activities) as prof:
         started = time.perf_counter()
-        engine.score(pairs)
+        engine.forward(engine.prepare(pairs), runner=one_lane)
         engine.accel.synchronize()
         wall = time.perf_counter() - started
     # Preparing (tokenizing, padding) is timed by the engine itself.

@@ -6,7 +6,8 @@ worker. Training is seeded end to end (split, initialisation, data order, dropou
 deterministic kernels, so one seed on one machine gives the same metrics every run.
 
 Batches are bucketed by length (sorted inside a window of many batches, then shuffled as whole
-batches) and padded only to their own longest pair: on CPU this is most of the speed.
+batches) and padded only to their own longest pair: on CPU this is most of the speed. Every
+score it reports is measured on the worker's serving path (training/evaluate.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mgeo.writers import atomic_directory
 from mgeo.training.card import model_card, plot_curve
 from mgeo.wire import MGEO_LABELS
+from mgeo.writers import atomic_directory
 
 log = logging.getLogger("mgeo.train")
 
@@ -120,49 +121,6 @@ def collate(data: Encoded, idx: Sequence[int], pad_id: int, device):
     labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.long)
     return ({"input_ids": ids.to(device), "token_type_ids": types.to(device),
              "attention_mask": mask.to(device)}, labels.to(device))
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-def classification_report(gold: Sequence[int], pred: Sequence[int],
-                          id2label: dict[int, str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 and per-label precision/recall/F1/support."""
-    per: dict[str, dict[str, float]] = {}
-    for k, name in sorted(id2label.items()):
-        tp = sum(1 for g, p in zip(gold, pred) if g == k and p == k)
-        fp = sum(1 for g, p in zip(gold, pred) if g != k and p == k)
-        fn = sum(1 for g, p in zip(gold, pred) if g == k and p != k)
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per[name] = {"precision": prec, "recall": rec, "f1": f1, "support": tp + fn}
-    present = [v for v in per.values() if v["support"]]
-    return {"accuracy": sum(1 for g, p in zip(gold, pred) if g == p) / max(1, len(gold)),
-            "macro_f1": sum(v["f1"] for v in present) / max(1, len(present)),
-            "per_label": per, "n": len(gold)}
-
-
-def predict(model, data: Encoded, pad_id: int, device, batch_tokens: int = 16384):
-    """(logits, mean loss) over `data`, batched by length; the model is left in eval mode."""
-    import torch
-
-    model.eval()
-    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
-    logits = torch.empty((len(data), model.config.num_labels))
-    total_loss, start = 0.0, 0
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
-    with torch.inference_mode():
-        while start < len(order):
-            width = len(data.ids[order[min(len(order) - 1, start + 255)]])
-            idx = order[start:start + max(1, min(256, batch_tokens // max(1, width)))]
-            inputs, labels = collate(data, idx, pad_id, device)
-            out = model(**inputs).logits.float()
-            total_loss += float(loss_fn(out, labels))
-            logits[idx] = out.cpu()
-            start += len(idx)
-    return logits, total_loss / max(1, len(data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +282,9 @@ def train(settings, pairs: Sequence[dict] | None = None) -> Result:
     import torch
     from tqdm import tqdm
 
+    from mgeo.training.evaluate import (classification_report, eval_set, predict,
+                                        score_dev_set, score_references)
+
     t_start = time.perf_counter()
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -355,7 +316,8 @@ def train(settings, pairs: Sequence[dict] | None = None) -> Result:
         model.to(device)
 
         train_data = encode(tokenizer, train_pairs, label2id, settings.max_length)
-        eval_data = encode(tokenizer, eval_pairs, label2id, settings.max_length)
+        eval_data = eval_set(tokenizer, [(p["addr1"], p["addr2"]) for p in eval_pairs],
+                             settings.max_length, [label2id[p["label"]] for p in eval_pairs])
         pad_id = tokenizer.pad_token_id or 0
         steps_per_epoch = math.ceil(len(train_data) / settings.batch_size)
         total = max(1, math.ceil(settings.epochs * steps_per_epoch))
@@ -392,7 +354,7 @@ def train(settings, pairs: Sequence[dict] | None = None) -> Result:
             seen += 1
             bar.update(1)
             if step in eval_at:
-                logits, eval_loss = predict(model, eval_data, pad_id, device)
+                logits, eval_loss = predict(model, eval_data, device)
                 rep = classification_report(eval_data.labels, logits.argmax(-1).tolist(),
                                             id2label)
                 point = {"step": step, "epoch": step / steps_per_epoch,
@@ -407,7 +369,7 @@ def train(settings, pairs: Sequence[dict] | None = None) -> Result:
                          point["train_loss"], eval_loss, rep["macro_f1"], rep["accuracy"])
         bar.close()
 
-        logits, _ = predict(model, eval_data, pad_id, device)
+        logits, _ = predict(model, eval_data, device)
         metrics = classification_report(eval_data.labels, logits.argmax(-1).tolist(), id2label)
         model.to("cpu")
         references = score_references(model, tokenizer, id2label, settings.max_length)
@@ -422,57 +384,6 @@ def train(settings, pairs: Sequence[dict] | None = None) -> Result:
                  f"{k} P {v['precision']:.3f} R {v['recall']:.3f}"
                  for k, v in metrics["per_label"].items()), result.seconds)
     return result
-
-
-def score_references(model, tokenizer, id2label: dict[int, str],
-                     max_length: int) -> list[dict[str, Any]]:
-    """The model's probabilities on the three published MGeo reference pairs."""
-    import torch
-
-    from mgeo.training.synth import REFERENCE_PAIRS
-
-    enc = tokenizer([p["addr1"] for p in REFERENCE_PAIRS], [p["addr2"] for p in REFERENCE_PAIRS],
-                    truncation=True, max_length=max_length, padding=True, return_tensors="pt",
-                    return_token_type_ids=True)
-    model.eval()
-    with torch.inference_mode():
-        probs = torch.softmax(model(**enc).logits.float(), -1)
-    out = []
-    for p, row in zip(REFERENCE_PAIRS, probs.tolist()):
-        best = max(range(len(row)), key=row.__getitem__)
-        out.append({"addr1": p["addr1"], "addr2": p["addr2"], "expected": p["label"],
-                    "predicted": id2label[best],
-                    "probs": {id2label[i]: round(v, 4) for i, v in enumerate(row)}})
-    return out
-
-
-def score_dev_set(model, tokenizer, label2id: dict[str, int], id2label: dict[int, str],
-                  max_length: int, path: Path | None = None) -> dict[str, Any] | None:
-    """Macro-F1, per-label scores, confusion matrix and per-rule recall on the hand-written
-    development set (training/data/dev_pairs.csv); None when it is not installed or the model
-    lacks its labels."""
-    from mgeo.training import devset
-
-    path = path or devset.dev_set_path()
-    if path is None:
-        log.info("no development set installed (training/data/dev_pairs.csv): not scored")
-        return None
-    rows = devset.read_dev_set(path)
-    if not {r["label"] for r in rows} <= set(label2id):
-        log.info("the model's labels %s do not cover the development set's: not scored",
-                 sorted(label2id))
-        return None
-    data = encode(tokenizer, rows, label2id, max_length)
-    logits, _ = predict(model, data, tokenizer.pad_token_id or 0, "cpu")
-    pred_ids = logits.argmax(-1).tolist()
-    pred = [id2label[i] for i in pred_ids]
-    gold = [r["label"] for r in rows]
-    metrics = classification_report(data.labels, pred_ids, id2label)
-    labels = [id2label[i] for i in sorted(id2label)]
-    shown = Path("training") / "data" / path.name if path.parent.name == "data" else path
-    return {"path": str(shown), "metrics": metrics,
-            "confusion": devset.confusion(gold, pred, labels),
-            "by_tag": devset.by_tag(rows, pred)}
 
 
 def _load_data(settings) -> list[dict]:
@@ -531,7 +442,7 @@ def _save(model, tokenizer, out: Path, settings, result: Result, source: str, n_
 
 def command_line(settings) -> str:
     """The `mgeo train` command that reproduces `settings` (defaults left out)."""
-    from mgeo.settings import TrainSettings
+    from mgeo.training.settings import TrainSettings
 
     args = []
     for name, info in TrainSettings.model_fields.items():
