@@ -166,8 +166,8 @@ def partitions_of(config: dict[str, Any], topic: str, timeout: float = 10.0) -> 
     if t is None or t.error is not None or not t.partitions:
         why = t.error.str() if t is not None and t.error is not None else (
             "it does not exist" if t is None else "no partitions")
-        raise KafkaUnavailable(f"topic {topic!r} is not available ({why}); create it first or "
-                               "check --bootstrap-servers")
+        raise KafkaUnavailable(f"topic {topic!r} is not available ({why}); create it first "
+                               "(mgeo topics create) or check --bootstrap-servers")
     return sorted(t.partitions)
 
 

@@ -63,3 +63,11 @@ def test_an_unreachable_broker_is_one_line(capsys):
     assert main(["topics", "create", "--bootstrap-servers", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mgeo topics: cannot reach Kafka at 127.0.0.1:1")
+
+
+@pytest.mark.broker
+def test_a_missing_topic_names_the_command_that_creates_it(bootstrap):
+    from mgeo.kafka import KafkaUnavailable
+
+    with pytest.raises(KafkaUnavailable, match=r"create it first \(mgeo topics create\)"):
+        partitions_of({"bootstrap.servers": bootstrap}, f"missing-{uuid.uuid4().hex[:8]}")
