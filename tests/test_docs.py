@@ -179,6 +179,32 @@ def test_the_link_checker_sees_a_broken_anchor(tmp_path):
     assert "no-such-section" not in anchors(ROOT / "docs" / "operations.md")
 
 
+# Flags of other tools that the pages name in prose (pip, docker, helm, kubectl, Kafka's
+# scripts, training/build-default-model); any other `--flag` in prose must be an mgeo flag.
+OTHER_TOOLS_FLAGS = {"--no-deps", "--extra-index-url", "--set", "--scale", "--target",
+                     "--build-context", "--build-arg", "--api-versions", "--bootstrap-server",
+                     "--describe", "--group", "--members", "--pid", "--previous", "--sample",
+                     "--profile", "--cpu"}
+
+
+def mgeo_flags() -> set[str]:
+    from mgeo.tools.cli import COMMANDS, _source, settings_class
+
+    return {flag for command in COMMANDS
+            for action in _source(command, settings_class(command)).root_parser._actions
+            for flag in action.option_strings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_options_named_in_prose_exist(page):
+    """An option renamed or dropped in the code cannot live on in the manual."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    named = {flag for span in re.findall(r"`([^`]+)`", text)
+             for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", span)}
+    unknown = sorted(named - mgeo_flags() - OTHER_TOOLS_FLAGS)
+    assert not unknown, f"{page.name} names options no mgeo command has: {unknown}"
+
+
 # ---- blocks that are parsed ----------------------------------------------------------------
 
 @pytest.mark.parametrize("block", [b for b in ALL if b.lang in PARSED],
