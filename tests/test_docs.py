@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN = {"bash", "sh", "python"}
 PARSED = {"json", "toml", "yaml", "properties"}
-SHOWN = {"console", "text"}
+SHOWN = {"console", "text", "mermaid"}  # output shown, diagrams
 SHELLS = {"bash", "sh"}
 # A runnable block that names this address runs against an embedded broker, started for its
 # page, with the default topics and a few results on the results topic.
