@@ -205,6 +205,36 @@ def test_options_named_in_prose_exist(page):
     assert not unknown, f"{page.name} names options no mgeo command has: {unknown}"
 
 
+def _published_metrics() -> set[str]:
+    """The metric names the worker's code declares (counters without their `_total`)."""
+    return {name for path in (ROOT / "worker").rglob("*.py")
+            for name in re.findall(r'"(mgeo_[a-z_]+)"', path.read_text(encoding="utf-8"))}
+
+
+def test_the_metrics_table_is_what_the_worker_publishes():
+    """docs/metrics.md lists every metric the worker publishes, and no other."""
+    rows = [ln for ln in (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8").splitlines()
+            if ln.startswith("| `mgeo_")]
+    documented = {n for row in rows for n in re.findall(r"`(mgeo_[a-z_]+)", row.split("|")[1])}
+    published = _published_metrics()
+    assert published, "no metric names found under worker/"
+    unknown = {d for d in documented
+               if d not in published and d.removesuffix("_total") not in published}
+    missing = {p for p in published if p not in documented and f"{p}_total" not in documented}
+    assert not unknown, f"docs/metrics.md lists metrics the worker does not publish: {unknown}"
+    assert not missing, f"docs/metrics.md does not list: {missing}"
+
+
+def test_the_alerts_table_is_the_rule_file():
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text(encoding="utf-8"))
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    text = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| \[`(Mgeo\w+)`\]", text, re.M))
+    assert alerts and listed == alerts, (listed ^ alerts)
+
+
 # ---- blocks that are parsed ----------------------------------------------------------------
 
 @pytest.mark.parametrize("block", [b for b in ALL if b.lang in PARSED],
