@@ -709,9 +709,10 @@ class XlsxSheet:
                 elif kind == "n":
                     value = float(value) if "." in value or "E" in value or "e" in value \
                         else int(value)
-                    style = c.get("s") if dates else None
-                    if style and int(style) in dates:
-                        value = self._date(value, int(style))
+                    if dates:  # a cell without a style has the first one
+                        style = int(c.get("s") or 0)
+                        if style in dates:
+                            value = self._date(value, style)
                 elif kind == "b":
                     value = bool(int(value))
                 elif kind == "d":

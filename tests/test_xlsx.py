@@ -165,20 +165,23 @@ STRINGS = ["<t>编号</t>", "<t>地址A</t>", "<t>地址B</t>",
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # openpyxl on the bare styles, the date
-@pytest.mark.parametrize("date1904", [False, True])
-def test_a_workbook_as_excel_writes_it_reads_the_same(tmp_path, date1904):
-    """Shared strings (rich text, phonetic guides, escapes), styles that make numbers dates,
-    the 1904 date system, formulas' cached values, rows and cells without references, a cell
-    past the dimension, and the first sheet of the workbook stored as its last file."""
+@pytest.mark.parametrize("date1904,first_style", [(False, 0), (True, 0), (False, 14)])
+def test_a_workbook_as_excel_writes_it_reads_the_same(tmp_path, date1904, first_style):
+    """Shared strings (rich text, phonetic guides, escapes), styles that make numbers dates
+    (a cell without `s` has the first style), the 1904 date system, formulas' cached values,
+    rows and cells without references, a cell past the dimension, and the first sheet of the
+    workbook stored as its last file."""
     pr = '<workbookPr date1904="1"/>' if date1904 else ""
+    styles = STYLES.replace('<xf numFmtId="0"/>', f'<xf numFmtId="{first_style}"/>')
     path = _package(tmp_path / "e.xlsx", {"地址对": EXCEL_SHEET,
                                           "other": '<sheetData><row r="1"><c r="A1"><v>9</v>'
                                                    "</c></row></sheetData>"},
-                    STRINGS, STYLES, pr)
+                    STRINGS, styles, pr)
     rows = _same(path)
     # Seven rows: the dimension's eighth holds nothing; G7 lies past the dimension's F.
-    assert len(rows) == 7 and rows[1][0] == 1001 and rows[6] == ("  两端空格 ",) + (None,) * 5
+    assert len(rows) == 7 and rows[6] == ("  两端空格 ",) + (None,) * 5
     assert rows[3][4] == 2.5  # "day" in quotes: a number, not a date
+    assert rows[1][0] == (dt.datetime(1902, 9, 27) if first_style else 1001)
 
 
 def test_property_random_tables_read_the_same(tmp_path_factory):
