@@ -15,7 +15,8 @@ and `mgeo produce` do (`mgeo.readers.PairReader`):
 
 Rows are `mgeo synth` pairs (10,000 made, then repeated with unique ids and addresses). Excel
 files are made twice: by openpyxl (inline strings) and as Excel itself writes them (one
-shared-strings table, which a reader must hold in memory whole).
+shared-strings table, which a reader must hold in memory whole). They are read by
+`mgeo.readers.XlsxSheet` (zipfile and expat); openpyxl only writes them here.
 """
 
 from __future__ import annotations
@@ -188,7 +189,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.peak is not None:
         import mgeo.readers  # noqa: F401 - the baseline imports what a read imports
-        import openpyxl  # noqa: F401
 
         if args.peak:
             read_all(Path(args.peak))
