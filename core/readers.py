@@ -41,7 +41,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping
 
 import orjson
 
@@ -414,7 +414,7 @@ _MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
 _RELS = "{http://schemas.openxmlformats.org/package/2006/relationships}"
 _TYPES = "{http://schemas.openxmlformats.org/package/2006/content-types}"
 _REL_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
-_ROW, _VALUE, _INLINE = _MAIN + "row", _MAIN + "v", _MAIN + "is"
+_VALUE, _INLINE = _MAIN + "v", _MAIN + "is"
 _TEXT, _RUN = _MAIN + "t", _MAIN + "r"
 # The content types of a workbook part, in the order openpyxl looks for them.
 _WORKBOOK_TYPES = tuple(f"application/vnd.{t}.main+xml" for t in (
@@ -576,21 +576,38 @@ class XlsxSheet:
         return found
 
     def _strings(self, part: str) -> list[str]:
-        """The shared-strings table, streamed like the sheet (it is as big as the text)."""
-        table: list[str] = []
-        parser = ET.XMLPullParser(("start", "end"))
-        root = None
+        """The shared-strings table, streamed as the sheet is (it is as big as the text)."""
+        return [_text(si).replace("x005F_", "") for si in self._items(part, "si", "sst")]
+
+    def _items(self, part: str, tag: str, parent: str, watch: str = "",
+               seen: Callable[[Any], None] | None = None) -> Iterator[Any]:
+        """Each `<tag>` child of `<parent>` in zip member `part`, whole, in file order; `seen`
+        is given each `<watch>` as it starts. Start events only: an item is given when the next
+        one starts (it is whole then), or at the end, then dropped from the tree."""
+        tag, parent, watch = _MAIN + tag, _MAIN + parent, watch and _MAIN + watch
+        parser = ET.XMLPullParser(("start",))
+        holder = item = None
         with self.zip.open(part) as src:
-            while chunk := src.read(_CHUNK):
-                parser.feed(chunk)
-                for event, el in parser.read_events():
-                    if root is None:
-                        root = el
-                    elif event == "end" and el.tag == _MAIN + "si":
-                        table.append(_text(el).replace("x005F_", ""))
-                        root.clear()
-        parser.close()
-        return table
+            while True:
+                chunk = src.read(_CHUNK)
+                if chunk:
+                    parser.feed(chunk)
+                else:
+                    parser.close()
+                for _, el in parser.read_events():
+                    if el.tag == tag:
+                        if item is not None:
+                            yield item
+                            holder.remove(item)
+                        item = el
+                    elif el.tag == parent:
+                        holder = el
+                    elif el.tag == watch:
+                        seen(el)
+                if not chunk:
+                    break
+        if item is not None:
+            yield item
 
     def _styles(self) -> tuple[set[int], set[int]]:
         """The cell styles (indexes of `s="N"`) that show a number as a date or time, and those
@@ -643,39 +660,14 @@ class XlsxSheet:
         return tuple(values)
 
     def _parsed(self) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
-        """(row number, [(column, value)]) of each `<row>`, in file order. Start events only:
-        a row is read when the next one starts (it is whole then) and dropped from the tree."""
-        parser = ET.XMLPullParser(("start",))
-        data = None  # <sheetData>, the rows' parent
-        row = None  # the row started last, not read yet
+        """(row number, [(column, value)]) of each `<row>`, in file order."""
         n = 0
-        with self.zip.open(self.path) as src:
-            while True:
-                chunk = src.read(_CHUNK)
-                if chunk:
-                    parser.feed(chunk)
-                else:
-                    parser.close()
-                for _, el in parser.read_events():
-                    tag = el.tag
-                    if tag == _ROW:
-                        if row is not None:
-                            n, cells = self._row(row, n)
-                            data.remove(row)
-                            yield n, cells
-                        row = el
-                    elif tag == _MAIN + "sheetData":
-                        data = el
-                    elif tag == _MAIN + "dimension":
-                        self._dimension(el.get("ref", ""))
-                if not chunk:
-                    break
-        if row is not None:
-            yield self._row(row, n)
+        for row in self._items(self.path, "row", "sheetData", "dimension", self._dimension):
+            n, cells = self._row(row, n)
+            yield n, cells
 
-    def _dimension(self, ref: str) -> None:
-        corner = ref.split(":")[-1]
-        match = _CELL_REF.match(corner)
+    def _dimension(self, element) -> None:
+        match = _CELL_REF.match(element.get("ref", "").split(":")[-1])
         if match:
             self.max_col, self.max_row = _column(match.group(1)), int(match.group(2))
 
