@@ -131,11 +131,13 @@ def check_reachable(config: dict[str, Any], timeout: float = 10.0) -> None:
         raise _unreachable(config, errors, timeout, exc) from None
 
 
-def create_topics(config: dict[str, Any], topics: dict[str, int], timeout: float = 30.0) -> None:
+def create_topics(config: dict[str, Any], topics: dict[str, int], timeout: float = 30.0,
+                  replication_factor: int = 1) -> None:
     """Create `{name: partitions}` topics; ones that already exist are left as they are."""
     admin, errors = _admin(config)
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items()],
+        [NewTopic(name, num_partitions=n, replication_factor=replication_factor)
+         for name, n in topics.items()],
         request_timeout=timeout)
     for name, fut in futures.items():
         try:
@@ -164,8 +166,8 @@ def partitions_of(config: dict[str, Any], topic: str, timeout: float = 10.0) -> 
     if t is None or t.error is not None or not t.partitions:
         why = t.error.str() if t is not None and t.error is not None else (
             "it does not exist" if t is None else "no partitions")
-        raise KafkaUnavailable(f"topic {topic!r} is not available ({why}); create it first or "
-                               "check --bootstrap-servers")
+        raise KafkaUnavailable(f"topic {topic!r} is not available ({why}); create it first "
+                               "(mgeo topics create) or check --bootstrap-servers")
     return sorted(t.partitions)
 
 

@@ -1,7 +1,8 @@
 """Reading address pairs from the files ETL teams hand over, streamed row by row.
 
-Formats: CSV, TSV, JSONL (the wire's request objects) and Excel .xlsx (the first sheet, through
-openpyxl's read-only mode: the `excel` extra), by extension or forced; stdin ("-") is sniffed.
+Formats: CSV, TSV, JSONL (the wire's request objects) and Excel .xlsx (the first sheet,
+streamed by `XlsxSheet` with the standard library's zipfile and expat: no extra needed to read),
+by extension or forced; stdin ("-") is sniffed.
 
 Encodings of text files, without options: UTF-8 (with or without a BOM), then GB18030, the
 superset of GBK and GB2312 that Chinese Excel and database exports write. Files are read as
@@ -30,14 +31,17 @@ import datetime as _dt
 import io
 import itertools
 import os
+import posixpath
 import re
 import shlex
 import sys
 import tempfile
 import unicodedata
+import xml.etree.ElementTree as ET
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping
 
 import orjson
 
@@ -393,6 +397,328 @@ def require_openpyxl(what: str):
     return openpyxl
 
 
+# -- Excel sheets ------------------------------------------------------------------------------
+#
+# An .xlsx is a zip of XML parts. The first worksheet is streamed straight from its zip member
+# through expat (ElementTree's XMLPullParser, in C), a row at a time, each row dropped from the
+# tree once read, so memory stays flat in the sheet's rows; only the shared-strings table (where
+# Excel puts every text cell, and which any cell may point into) and the cell styles (to tell a
+# date from a number) are held whole. Values come out as openpyxl's read-only mode gives them
+# (values_only, data_only), then as `_cell` writes them: tests/test_xlsx.py compares the two.
+# Why not a library: openpyxl's read-only mode parses in Python (about 150 us a row, 7 times
+# this), python-calamine loads the whole sheet into memory; zipfile and expat are the standard
+# library's own, and expat (2.4 and later) bounds entity expansion, so a hostile file cannot
+# blow memory up.
+
+_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_RELS = "{http://schemas.openxmlformats.org/package/2006/relationships}"
+_TYPES = "{http://schemas.openxmlformats.org/package/2006/content-types}"
+_REL_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+_VALUE, _INLINE = _MAIN + "v", _MAIN + "is"
+_TEXT, _RUN = _MAIN + "t", _MAIN + "r"
+# The content types of a workbook part, in the order openpyxl looks for them.
+_WORKBOOK_TYPES = tuple(f"application/vnd.{t}.main+xml" for t in (
+    "ms-excel.template.macroEnabled", "openxmlformats-officedocument.spreadsheetml.template",
+    "ms-excel.sheet.macroEnabled", "openxmlformats-officedocument.spreadsheetml.sheet"))
+_SHARED_STRINGS = "application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"
+# Built-in number formats that are dates or times (ECMA-376 18.8.30), and the elapsed-time one.
+_DATE_FORMATS = frozenset(range(14, 23)) | {45, 46, 47}
+_ELAPSED_FORMATS = frozenset({46})
+_QUOTED_OR_LOCALE = re.compile(r'".*?"|\[(?!hh?\]|mm?\]|ss?\])[^\]]*\]')
+_DATE_CODE = re.compile(r"(?<![_\\])[dmhysDMHYS]")
+_ELAPSED_CODE = re.compile(r"\[hh?\](:mm(:ss(\.0*)?)?)?|\[mm?\](:ss(\.0*)?)?|\[ss?\](\.0*)?", re.I)
+_CELL_REF = re.compile(r"\$?([A-Za-z]{1,3})\$?(\d+)$")
+_EPOCHS = (_dt.datetime(1899, 12, 30), _dt.datetime(1904, 1, 1))
+_CHUNK = 1 << 16
+
+
+_COLUMNS: dict[str, int] = {}  # "AB" -> 28, as met: bounded by Excel's 16,384 columns
+
+
+def _column(letters: str) -> int:
+    """The 1-based column of "A", "AB"..."""
+    n = 0
+    for ch in letters.upper():
+        n = n * 26 + ord(ch) - 64
+    return n
+
+
+def _cell_column(ref: str) -> int:
+    """The column of a cell reference ("C7" -> 3)."""
+    letters = ref.rstrip("0123456789")
+    n = _COLUMNS.get(letters)
+    if n is None:
+        match = _CELL_REF.match(ref)
+        if match is None:
+            raise ValueError(f"{ref!r} is not a cell reference")
+        n = _column(match.group(1))
+        if letters.isalpha():
+            _COLUMNS[letters] = n
+    return n
+
+
+def _text(node) -> str:
+    """A string item's text (`<si>` or `<is>`): its plain `<t>` then its runs' `<t>`; phonetic
+    guides (`<rPh>`) left out."""
+    plain, runs = None, []
+    for child in node:
+        if child.tag == _TEXT:
+            plain = child.text
+        elif child.tag == _RUN:
+            text = None
+            for part in child:
+                if part.tag == _TEXT:
+                    text = part.text
+            if text is not None:
+                runs.append(text)
+    return "".join(runs) if plain is None else plain + "".join(runs)
+
+
+def _date_code(code: str | None) -> tuple[bool, bool]:
+    """(is a date or time, is elapsed time) for a number format code: its first section, with
+    quoted text and [locale] or [colour] parts left out, holds a date or time letter."""
+    if code is None:
+        return False, False
+    first = code.split(";")[0]
+    return (_DATE_CODE.search(_QUOTED_OR_LOCALE.sub("", first)) is not None,
+            _ELAPSED_CODE.search(first) is not None)
+
+
+def _from_serial(value: float, epoch: _dt.datetime, elapsed: bool) -> Any:
+    """An Excel date serial as a datetime (a time of day when under a day; a timedelta for
+    an elapsed-time format), to the millisecond; 1900-based serials skip Excel's 29 Feb 1900."""
+    if elapsed:
+        span = _dt.timedelta(days=value)
+        if span.microseconds:
+            span = _dt.timedelta(seconds=span.total_seconds() // 1,
+                                 microseconds=round(span.microseconds, -3))
+        return span
+    day, fraction = divmod(value, 1)
+    part = _dt.timedelta(milliseconds=round(fraction * 86_400_000))
+    if 0 <= value < 1 and part.days == 0:
+        minutes, seconds = divmod(part.seconds, 60)
+        return _dt.time(minutes // 60, minutes % 60, seconds, part.microseconds)
+    if 0 < value < 60 and epoch is _EPOCHS[0]:
+        day += 1
+    return epoch + _dt.timedelta(days=day) + part
+
+
+_ISO_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})?T?(\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?)?Z?$")
+
+
+def _from_iso(text: str) -> Any:
+    """A `t="d"` cell: an ISO 8601 date, time or both."""
+    match = _ISO_DATE.match(text)
+    if not match or not any(match.groups()):
+        raise ValueError(f"invalid date {text!r}")
+    day, clock = match.groups()
+    if day and clock:
+        return _dt.datetime.fromisoformat(f"{day}T{clock}")
+    return _dt.date.fromisoformat(day) if day else _dt.time.fromisoformat(clock)
+
+
+class XlsxSheet:
+    """The first worksheet of an .xlsx (in workbook order, chart sheets skipped), opened from a
+    seekable binary file: `rows()` gives its rows, numbered from 1 with the rows a sheet leaves
+    out given empty, each as wide as the sheet's `<dimension>` says (or to its last cell)."""
+
+    def __init__(self, fh: IO[bytes]):
+        self.zip = zipfile.ZipFile(fh)
+        try:
+            self._open()
+        except BaseException:
+            self.zip.close()
+            raise
+
+    def _open(self) -> None:
+        names = set(self.zip.namelist())
+        types = ET.fromstring(self.zip.read("[Content_Types].xml"))
+        parts: dict[str, str] = {}
+        for o in types.iter(_TYPES + "Override"):
+            parts.setdefault(o.get("ContentType", ""), o.get("PartName", "")[1:])
+        book_part = next((parts[t] for t in _WORKBOOK_TYPES if t in parts), None)
+        if book_part is None:
+            defaults = {d.get("ContentType") for d in types.iter(_TYPES + "Default")}
+            if not defaults & set(_WORKBOOK_TYPES):
+                raise ValueError("File contains no valid workbook part")
+            book_part = "xl/workbook.xml"
+        book = ET.fromstring(self.zip.read(book_part))
+        props = book.find(_MAIN + "workbookPr")
+        date1904 = props is not None and props.get("date1904", "0").lower() in ("1", "true")
+        self.epoch = _EPOCHS[date1904]
+        rels = self._relations(book_part)
+        self.path: str | None = None
+        for sheet in book.iter(_MAIN + "sheet"):
+            rid = sheet.get(_REL_ID)
+            if not rid:
+                continue
+            kind, target = rels[rid]
+            if target in names and "chartsheet" not in kind:
+                self.path = target
+                break
+        strings = parts.get(_SHARED_STRINGS)
+        self.strings = self._strings(strings) if strings else []
+        self.dates, self.elapsed = self._styles() if "xl/styles.xml" in names else (set(), set())
+        self.max_row: int | None = None  # from the sheet's <dimension>, once rows() starts
+        self.max_col: int | None = None
+
+    def _relations(self, part: str) -> dict[str, tuple[str, str]]:
+        """A part's relationships: id -> (type, the target's path in the zip)."""
+        folder, name = posixpath.split(part)
+        rels = ET.fromstring(self.zip.read(posixpath.join(folder, "_rels", f"{name}.rels")))
+        found = {}
+        for rel in rels.iter(_RELS + "Relationship"):
+            target = rel.get("Target", "")
+            if rel.get("TargetMode") != "External":
+                target = target[1:] if target.startswith("/") else \
+                    posixpath.normpath(posixpath.join(folder, target))
+            found[rel.get("Id")] = (rel.get("Type", ""), target)
+        return found
+
+    def _strings(self, part: str) -> list[str]:
+        """The shared-strings table, streamed as the sheet is (it is as big as the text)."""
+        return [_text(si).replace("x005F_", "") for si in self._items(part, "si", "sst")]
+
+    def _items(self, part: str, tag: str, parent: str, watch: str = "",
+               seen: Callable[[Any], None] | None = None) -> Iterator[Any]:
+        """Each `<tag>` child of `<parent>` in zip member `part`, whole, in file order; `seen`
+        is given each `<watch>` as it starts. Start events only: an item is given when the next
+        one starts (it is whole then), or at the end, then dropped from the tree."""
+        tag, parent, watch = _MAIN + tag, _MAIN + parent, watch and _MAIN + watch
+        parser = ET.XMLPullParser(("start",))
+        holder = item = None
+        with self.zip.open(part) as src:
+            while True:
+                chunk = src.read(_CHUNK)
+                if chunk:
+                    parser.feed(chunk)
+                else:
+                    parser.close()
+                for _, el in parser.read_events():
+                    if el.tag == tag:
+                        if item is not None:
+                            yield item
+                            holder.remove(item)
+                        item = el
+                    elif el.tag == parent:
+                        holder = el
+                    elif el.tag == watch:
+                        seen(el)
+                if not chunk:
+                    break
+        if item is not None:
+            yield item
+
+    def _styles(self) -> tuple[set[int], set[int]]:
+        """The cell styles (indexes of `s="N"`) that show a number as a date or time, and those
+        that show it as elapsed time."""
+        styles = ET.fromstring(self.zip.read("xl/styles.xml"))
+        codes = {int(f.get("numFmtId")): f.get("formatCode")
+                 for f in styles.iterfind(f"{_MAIN}numFmts/{_MAIN}numFmt")}
+        dates, elapsed = set(), set()
+        for i, xf in enumerate(styles.iterfind(f"{_MAIN}cellXfs/{_MAIN}xf")):
+            fmt = int(xf.get("numFmtId", 0))
+            if fmt in codes:
+                date, span = _date_code(codes[fmt])
+            else:
+                date, span = fmt in _DATE_FORMATS, fmt in _ELAPSED_FORMATS
+            if date:
+                dates.add(i)
+            if span:
+                elapsed.add(i)
+        return dates, elapsed
+
+    def close(self) -> None:
+        self.zip.close()
+
+    def rows(self) -> Iterator[tuple]:
+        """The sheet's rows as value tuples (None for an empty cell), from row 1: a row the
+        sheet leaves out comes as an empty one, a row past the dimension's last ends it."""
+        if self.path is None:
+            return
+        counter, idx, empty = 1, 1, None
+        for idx, cells in self._parsed():
+            if empty is None:
+                empty = () if self.max_col is None else (None,) * self.max_col
+            if self.max_row is not None and idx > self.max_row:
+                break
+            while counter < idx:
+                counter += 1
+                yield empty
+            if counter <= idx:
+                counter += 1
+                yield self._values(cells)
+        if self.max_row is not None and self.max_row < idx:
+            yield from itertools.repeat(empty, self.max_row + 1 - counter)
+
+    def _values(self, cells: list[tuple[int, Any]]) -> tuple:
+        width = self.max_col or (cells[-1][0] if cells else 0)
+        values = [None] * width
+        for column, value in cells:
+            if column <= width:
+                values[column - 1] = value
+        return tuple(values)
+
+    def _parsed(self) -> Iterator[tuple[int, list[tuple[int, Any]]]]:
+        """(row number, [(column, value)]) of each `<row>`, in file order."""
+        n = 0
+        for row in self._items(self.path, "row", "sheetData", "dimension", self._dimension):
+            n, cells = self._row(row, n)
+            yield n, cells
+
+    def _dimension(self, element) -> None:
+        match = _CELL_REF.match(element.get("ref", "").split(":")[-1])
+        if match:
+            self.max_col, self.max_row = _column(match.group(1)), int(match.group(2))
+
+    def _row(self, row, previous: int) -> tuple[int, list[tuple[int, Any]]]:
+        """A row's number (its `r`, else the one after `previous`) and its cells' values."""
+        r = row.get("r")
+        if r is None:
+            n = previous + 1
+        else:
+            try:
+                n = int(r)
+            except ValueError:
+                number = float(r)
+                if not number.is_integer():
+                    raise ValueError(f"{r} is not a valid row number") from None
+                n = int(number)
+        cells, column = [], 0
+        strings, dates = self.strings, self.dates
+        for c in row:
+            ref = c.get("r")
+            column = _cell_column(ref) if ref else column + 1
+            kind = c.get("t", "n")
+            if kind == "inlineStr":
+                inline = c.find(_INLINE)
+                cells.append((column, None if inline is None else _text(inline)))
+                continue
+            value = c.findtext(_VALUE) or None
+            if value is not None:
+                if kind == "s":
+                    value = strings[int(value)]
+                elif kind == "n":
+                    value = float(value) if "." in value or "E" in value or "e" in value \
+                        else int(value)
+                    if dates:  # a cell without a style has the first one
+                        style = int(c.get("s") or 0)
+                        if style in dates:
+                            value = self._date(value, style)
+                elif kind == "b":
+                    value = bool(int(value))
+                elif kind == "d":
+                    value = _from_iso(value)
+            cells.append((column, value))
+        return n, cells
+
+    def _date(self, value: float, style: int) -> Any:
+        try:
+            return _from_serial(value, self.epoch, style in self.elapsed)
+        except (OverflowError, ValueError):
+            return "#VALUE!"
+
+
 # -- the reader --------------------------------------------------------------------------------
 
 
@@ -411,7 +737,7 @@ class PairReader:
         self.header: list[str] = []
         self.header_line = 0
         self.roles: dict[str, int] = {}
-        self.sheet_rows: int | None = None
+        self._xlsx: XlsxSheet | None = None
         self._decoder = Decoder(self.name, encoding)
         self._records: Iterator[tuple[int, list[str] | _BadRecord]] = iter(())
         self._closers: list = []
@@ -427,6 +753,11 @@ class PairReader:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def sheet_rows(self) -> int | None:
+        """The last row of a workbook's sheet, from its dimension (None when it has none)."""
+        return None if self._xlsx is None else self._xlsx.max_row
 
     @property
     def encoding(self) -> str | None:
@@ -491,24 +822,22 @@ class PairReader:
             start = reader.line_num + 1
 
     def _sheet(self, fh: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
-        openpyxl = require_openpyxl(f"reading {_shown(self.name)}")
         try:
-            book = openpyxl.load_workbook(fh, read_only=True, data_only=True)
-        except Exception as exc:  # noqa: BLE001 - zipfile, XML and openpyxl's own errors
+            sheet = XlsxSheet(fh)
+        except Exception as exc:  # noqa: BLE001 - zipfile's, XML's and the format's errors
             raise InputError(f"{_shown(self.name)} is not a readable Excel .xlsx workbook "
                              f"({type(exc).__name__}: {exc}); save it again as .xlsx, or as "
                              "CSV") from None
-        self._closers.append(book.close)
-        if not book.worksheets:
+        self._closers.append(sheet.close)
+        if sheet.path is None:
             raise InputError(f"{_shown(self.name)}: the workbook has no sheet")
-        sheet = book.worksheets[0]
-        self.sheet_rows = sheet.max_row
+        self._xlsx = sheet
         return self._sheet_rows(sheet)
 
-    def _sheet_rows(self, sheet) -> Iterator[tuple[int, list[str]]]:
+    def _sheet_rows(self, sheet: XlsxSheet) -> Iterator[tuple[int, list[str]]]:
         n = 0
         try:
-            for n, values in enumerate(sheet.iter_rows(values_only=True), 1):
+            for n, values in enumerate(sheet.rows(), 1):
                 yield n, [_cell(v) for v in values]
         except Exception as exc:  # noqa: BLE001 - a damaged zip or XML, half-way
             raise InputError(f"{_shown(self.name)}: row {n + 1} of the sheet cannot be read "

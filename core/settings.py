@@ -853,6 +853,22 @@ class BrokerSettings(Base):
                       json_schema_extra=_meta("ADDRESS"))
 
 
+class TopicsSettings(_DlqTopic, _OutputTopic, _InputTopic, KafkaClientSettings):
+    """`mgeo topics create`: make the input, results and dead-letter topics of a fleet."""
+
+    cli_group: ClassVar[str] = TOPICS
+
+    action: CliPositionalArg[Literal["create"]] = Field(
+        "create", description="create: make the topics that do not exist yet (existing ones "
+                              "are left as they are).")
+    partitions: int = Field(
+        4, ge=1, description="Partitions of the input and results topics (the dead-letter "
+                             "topic gets 1): the most workers of one group that get work.")
+    replication_factor: int = Field(
+        1, ge=1, description="Copies of each partition: 1 for a one-broker Kafka, usually 3 "
+                             "on a cluster.")
+
+
 class DemoSettings(_PairInput, _Precision, _Device, _LabelMap, _ModelPath):
     """`mgeo demo`: broker, topics, worker, producer and collector, end to end, on this machine."""
 

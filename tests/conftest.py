@@ -222,3 +222,17 @@ def start_worker():
     for w in started:
         if w.proc.poll() is None:
             w.kill()
+
+
+# The fast lane (`pytest -m "not slow"`) is what runs in minutes while working: a test that asks
+# for one of these fixtures (the embedded broker, a worker process, a model trained for the test)
+# is in the slow lane whatever its own marks say.
+SLOW_FIXTURES = frozenset({"bootstrap", "topics", "start_worker", "broker_hides_aborted",
+                           "trained"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) \
+                or item.get_closest_marker("broker"):
+            item.add_marker(pytest.mark.slow)

@@ -83,6 +83,7 @@ def test_bench_profile_writes_a_trace_and_says_what_limits_the_run(tiny, tmp_pat
     assert p["limit"].startswith("CPU compute") and ops[0]["op"] in p["limit"]
 
 
+@pytest.mark.slow
 def test_bench_on_a_gpu_reports_fp16_against_fp32_and_peak_memory(tiny, capsys):
     """On a GPU (simulated here: the engine takes every GPU branch) the reference runs in
     fp16 as scripts do, and the same pairs also go through the model in fp32."""
@@ -101,6 +102,7 @@ def test_bench_in_fp32_has_nothing_to_compare_with_fp32(tiny, capsys):
     assert "vs_fp32" not in report and report["peak_memory_bytes"] is None
 
 
+@pytest.mark.slow
 def test_memory_pressure_drill_shrinks_retries_and_regrows(tiny, capsys):
     code = main(["bench", "--memory-pressure", "--simulate-gpu", "--precision", "fp32",
                  "--model", str(tiny), "--pairs", "64", "--json"])

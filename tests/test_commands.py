@@ -61,6 +61,7 @@ def _one_clear_line(proc: subprocess.CompletedProcess, command: str) -> str:
 
 # ---- unreachable brokers (findings 3 and 4) -------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["produce", "collect"])
 def test_unreachable_broker_is_one_line_not_a_flood(command, tmp_path):
     args = [str(sample_path())] if command == "produce" else ["--out", str(tmp_path / "r.csv")]
@@ -182,6 +183,7 @@ def _under_a_terminal(args: list[str], timeout: float = 120) -> tuple[int, str]:
     return proc.wait(30), out.decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_score_progress_has_a_total(tmp_path):
     rc, shown = _under_a_terminal(["score", "--in", str(sample_path()), "--out",
                                    str(tmp_path / "o.csv"), "--device", "cpu"])

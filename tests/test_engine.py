@@ -386,6 +386,7 @@ def test_packed_is_the_cpu_default_for_bert_and_other_models_run_padded(tiny):
                batch_layout="packed")
 
 
+@pytest.mark.slow
 def test_packed_batches_keep_to_the_token_budget_and_score_every_pair_once(tiny):
     pairs = random_pairs(120, seed=8)
     engine = _engine(tiny, token_budget=300)

@@ -126,11 +126,12 @@ def test_without_promtool_it_installs_debians_prometheus_then_runs_the_suite(san
     assert done.returncode == 0, done.stderr
     assert calls.index("apt-get update -qq") < calls.index(
         "apt-get install -y -qq --no-install-recommends prometheus")
-    assert calls[-4:] == [
+    assert calls[-5:] == [
         "python3 -m venv .venv",
         f"pip install -q torch==2.13.0 --no-deps --extra-index-url {CPU_INDEX}",
         "pip install -q -e .[all] -c deploy/requirements/worker.txt",
-        "python -m pytest -q"]
+        "python -m pytest -q -m not slow",
+        "python -m pytest -q -m slow"]
     assert "installing promtool and prometheus" in done.stderr
 
 
@@ -140,7 +141,8 @@ def test_with_promtool_on_path_it_installs_nothing(sandbox):
     done, calls = sandbox.run()
     assert done.returncode == 0, done.stderr
     assert not [c for c in calls if c.startswith(("apt-get", "sudo"))]
-    assert calls[-1] == "python -m pytest -q"
+    assert calls[-2:] == ["python -m pytest -q -m not slow", "python -m pytest -q -m slow"]
+    assert "fast lane (pytest -m 'not slow')" in done.stdout and "full suite" in done.stdout
 
 
 def test_a_python_without_venv_gets_python3_venv(sandbox):
@@ -173,3 +175,14 @@ def test_when_it_cannot_install_it_says_what_to_do_and_runs_nothing(sandbox, cas
     assert line.startswith(".ci/run: cannot install promtool and prometheus (")
     assert "install promtool and prometheus yourself" in line
     assert not [c for c in calls if c.startswith(("pip", "python"))]
+
+
+def test_a_failing_fast_lane_still_runs_the_slow_tests_and_fails_the_run(sandbox):
+    for tool in ("promtool", "prometheus"):
+        _stand_in(sandbox.bin, tool)
+    _stand_in(sandbox.root / "checkout" / ".venv" / "bin", "python",
+              body='[ "$5" = "not slow" ] && exit 1; exit 0')
+    done, calls = sandbox.run()
+    assert done.returncode == 1
+    assert calls[-1] == "python -m pytest -q -m slow"
+    assert done.stdout.strip().splitlines()[-1].endswith("FAILED (exit 1)")

@@ -108,6 +108,7 @@ def test_a_copy_to_the_device_moves_every_tensor_of_a_batch(tiny_model, monkeypa
         assert len(pinned) == len(tensors(batch))
 
 
+@pytest.mark.slow
 def test_the_start_up_budget_comes_from_free_memory(tiny_model):
     gpu = SimulatedGpu(GiB)
     release = Simulated(gpu).occupy(GiB // 2)  # another tenant holds half the card
@@ -133,6 +134,7 @@ def test_a_probe_that_never_fits_says_what_to_do():
     assert sim.calls["empty_cache"] == len(calls)  # before probing, and after each failure
 
 
+@pytest.mark.slow
 def test_out_of_memory_shrinks_the_budget_retries_the_same_pairs_then_regrows(tiny_model):
     pairs = _pairs(200, seed=4)
     calm, _ = _gpu_engine(tiny_model, token_budget=4096)
@@ -173,6 +175,7 @@ def test_peak_memory_is_counted_per_batch(tiny_model):
     assert sim.reserved >= sim.peak_memory()
 
 
+@pytest.mark.slow
 def test_processes_started_one_after_another_share_the_gpu(tiny_model):
     """`--processes 2` on one GPU: the second sees what the first's allocator holds."""
     gpu = SimulatedGpu(GiB)
@@ -184,6 +187,7 @@ def test_processes_started_one_after_another_share_the_gpu(tiny_model):
     assert first.stats()["oom_retries"] == second.stats()["oom_retries"] == 0
 
 
+@pytest.mark.slow
 def test_processes_started_together_halve_until_both_fit(tiny_model):
     """Both read the whole card free before either proves its budget: the second proving
     batch runs out of memory and halves until it fits beside the first; neither crashes."""

@@ -153,6 +153,37 @@ def test_goals_are_marked_met_not_met_or_not_measured():
     assert [m for _, _, m in report.goals({})] == [None, None, None]
 
 
+# How each recorded step was made: `mgeo bench --json --plot '' --model TINY <args>`.
+STEP_ARGS = {
+    "engine": ("--device", "cpu", "--pairs", "64", "--batch-layout", "padded"),
+    "fp16": ("--simulate-gpu", "--pairs", "32"),
+    "memory": ("--memory-pressure", "--simulate-gpu", "--precision", "fp32", "--pairs", "64"),
+    "packed": ("--device", "cpu", "--pairs", "64", "--batch-layout", "packed"),
+    "host": ("--host-path", "--device", "cpu", "--pairs", "2000", "--processes-list", "1"),
+    "latency": ("--latency", "--device", "cpu", "--e2e-pairs", "600", "--phase-seconds", "1.5"),
+}
+
+
+def _fields(data, prefix=""):
+    """Every key path of a JSON document (list items by their first element)."""
+    out = set()
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.add(prefix + key)
+            out |= _fields(value, f"{prefix}{key}.")
+    elif isinstance(data, list) and data:
+        out |= _fields(data[0], prefix + "0.")
+    return out
+
+
+@pytest.mark.parametrize("step", ["engine", "fp16", "memory", "packed"])
+def test_the_recorded_steps_have_the_fields_bench_writes_today(step, tiny_model, capsys):
+    recorded = json.loads((STEPS / f"{step}.json").read_text(encoding="utf-8"))
+    today = _bench_json(capsys, "--model", str(tiny_model), *STEP_ARGS[step])
+    assert _fields(recorded) == _fields(today), \
+        f"mgeo bench's {step} JSON changed: regenerate tests/data/gpu-steps/{step}.json"
+
+
 def _bench_json(capsys, *args: str) -> dict:
     code = main(["bench", "--json", "--plot", "", *args])
     data = json.loads(capsys.readouterr().out)
@@ -160,30 +191,16 @@ def _bench_json(capsys, *args: str) -> dict:
     return data
 
 
-@pytest.mark.broker
-@pytest.mark.slow
-def test_the_report_renders_every_step(tiny_model, tmp_path, capsys):
-    model = ("--model", str(tiny_model))
-    steps = {
-        "check": {"ok": True, "device": "cpu", "device_name": "test", "cpu": "test",
-                  "cores": 2, "python": sys.version.split()[0],
-                  "versions": {"torch": "x", "cuda": None, "transformers": "x",
-                               "tokenizers": "x", "librdkafka": "x"}},
-        "engine": _bench_json(capsys, "--device", "cpu", *model, "--pairs", "64",
-                              "--batch-layout", "padded"),
-        "fp16": _bench_json(capsys, "--simulate-gpu", *model, "--pairs", "32"),
-        "memory": _bench_json(capsys, "--memory-pressure", "--simulate-gpu", *model,
-                              "--precision", "fp32", "--pairs", "64"),
-        "packed": _bench_json(capsys, "--device", "cpu", *model, "--pairs", "64",
-                              "--batch-layout", "packed"),
-        "host": _bench_json(capsys, "--host-path", "--device", "cpu", *model, "--pairs", "2000",
-                            "--processes-list", "1"),
-        "latency": _bench_json(capsys, "--latency", "--device", "cpu", *model,
-                               "--e2e-pairs", "600", "--phase-seconds", "1.5"),
-        "e2e": {"error": "timed out after 110 s"},  # a step that failed
-    }
-    for name, data in steps.items():
-        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+STEPS = ROOT / "tests" / "data" / "gpu-steps"
+
+
+def test_the_report_renders_every_step(tmp_path):
+    """bench/gpu_report.py over every step's JSON, one of them failed. The JSON files are what
+    `mgeo bench --json` wrote for each step with the tiny test model (regenerate them with the
+    commands in _STEP_COMMANDS); that today's bench still writes them so, in every step, is what
+    tests/test_gpu_rehearsal.py checks, running gpu-run and its report for real."""
+    for path in STEPS.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"))
     (tmp_path / "steps.tsv").write_text("check\t3\tok\ne2e\t110\tfailed (exit 124)\n")
     assert _report_module().main(tmp_path, tmp_path) == 0
     md = (tmp_path / "results.md").read_text()

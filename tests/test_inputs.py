@@ -167,6 +167,7 @@ def test_tsv_out_is_tab_separated_and_score_takes_format(tmp_path, capsys, tiny_
     assert header.split("\t") == wire.result_columns(wire.MGEO_LABELS)
 
 
+@pytest.mark.slow
 def test_stdin_is_read_by_score(tmp_path, tiny_model):
     data = _table(tmp_path / "p.csv", _rows(3), encoding="gbk").read_bytes()
     out = tmp_path / "o.csv"
@@ -315,6 +316,7 @@ def test_results_get_the_umasks_permissions(tmp_path, capsys, tiny_model, mask):
         os.umask(old)
 
 
+@pytest.mark.slow
 def test_an_existing_out_is_never_left_half_written(tmp_path, tiny_model):
     """stdin cannot be checked ahead: a bad byte after 300 rows (and chunks written) fails the
     run, and the previous results stay as they were."""
@@ -432,6 +434,7 @@ def test_a_workbook_named_csv_says_so(tmp_path):
         PairReader(jsonl, id_from_row=True)
 
 
+@pytest.mark.slow
 def test_the_documented_example_runs(tmp_path):
     """docs/inputs.md's GBK Excel export, scored by the commands the page shows."""
     import shlex

@@ -131,6 +131,7 @@ def _imported_by(module: str) -> set[str]:
     return set(out.split())
 
 
+@pytest.mark.slow
 def test_the_stream_part_runs_without_torch_and_the_engine_without_kafka():
     stream = _imported_by("mgeo.worker.stream.processor")
     assert not stream & {"torch", "transformers", "tokenizers", "numpy"}
@@ -163,6 +164,7 @@ def _readme_etl_snippet() -> str:
     return m.group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.broker
 def test_readme_etl_snippet_and_help_work_beside_a_users_own_modules(tmp_path, bootstrap,
                                                                      topics):

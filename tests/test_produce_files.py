@@ -83,6 +83,7 @@ def test_a_file_that_fails_publishes_nothing(bootstrap, tmp_path, capsys):
     assert _published(bootstrap, topic, 0) == []
 
 
+@pytest.mark.slow
 def test_a_stream_that_fails_half_way_says_where_to_resume(bootstrap, tmp_path):
     src = _table(tmp_path / "p.csv", _rows(300))
     lines = src.read_bytes().split(b"\n")

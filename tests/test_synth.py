@@ -197,6 +197,7 @@ def test_admin_variants():
     assert admin.old_town_name("东山街道") == "东山镇" and admin.town_short("砖桥镇") == "砖桥"
 
 
+@pytest.mark.slow
 def test_length_distribution_is_close_to_real_traffic(tmp_path):
     pytest.importorskip("transformers")
     from mgeo.training.vocab import build_char_tokenizer
@@ -271,6 +272,7 @@ def test_the_development_set_is_well_formed():
         {f"P{i}" for i in range(1, 6)} | {f"N{i}" for i in range(1, 7)}
 
 
+@pytest.mark.slow
 def test_the_generator_copies_no_development_pair():
     dev = {frozenset((synth.normalize(r["addr1"]), synth.normalize(r["addr2"])))
            for r in devset.read_dev_set(DEV)}

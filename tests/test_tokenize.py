@@ -79,6 +79,7 @@ def _assert_same(tok, pairs, max_length):
 @given(pairs=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=6),
        max_length=st.sampled_from([8, 11, 16, 32, 64, 128]),
        which=st.sampled_from(["bundled", "word pieces"]))
+@pytest.mark.slow
 def test_inputs_equal_the_transformers_call(tokenizers, pairs, max_length, which):
     _assert_same(tokenizers[which], pairs, max_length)
 

@@ -90,6 +90,7 @@ def test_the_worker_engine_loads_the_saved_directory_and_scores_like_the_trained
     assert hits / len(pairs) > 0.4
 
 
+@pytest.mark.slow
 def test_a_fresh_model_starts_as_a_character_matcher(tmp_path):
     tok, model = tr.fresh_model(settings(tmp_path / "x"), tmp_path / "tok")  # 2 heads of 32
     half = model.config.hidden_size // 2
@@ -146,6 +147,7 @@ def test_saved_directory_has_card_metrics_and_curve(trained):
     assert (s.out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
     def run(seed, name):
         return tr.train(settings(tmp_path / name, synth=600, epochs=1, batch_size=32,

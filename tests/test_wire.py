@@ -95,6 +95,7 @@ def test_any_bytes_are_classified(value):
                     | st.text(max_size=20),
                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c,
                                                                          max_size=3)))
+@pytest.mark.slow
 def test_any_json_is_classified(obj):
     value = orjson.dumps({"id": obj, "addr1": obj, "addr2": "x"})
     dec = wire.decode_request(value)

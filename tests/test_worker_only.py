@@ -34,6 +34,7 @@ def test_the_blocked_packages_really_fail_to_import():
     assert done.returncode != 0 and b"ModuleNotFoundError" in done.stderr
 
 
+@pytest.mark.slow
 def test_bench_runs_on_pairs_that_ship_with_the_runtime(tiny_model):
     report = _json(mgeo("bench", "--model", str(tiny_model), "--device", "cpu", "--pairs", "64",
                         "--json", "--plot", "bench.png"))
@@ -41,6 +42,7 @@ def test_bench_runs_on_pairs_that_ship_with_the_runtime(tiny_model):
     assert 30 <= report["token_length"]["mean"] <= 43  # real traffic: 36.5
 
 
+@pytest.mark.slow
 def test_the_training_generator_is_used_only_when_asked_and_its_absence_is_explained(tiny_model):
     done = mgeo("bench", "--model", str(tiny_model), "--device", "cpu", "--pairs", "64",
                 "--pairs-from", "synth", "--plot", "")
@@ -63,6 +65,7 @@ def test_bench_host_path_and_latency_run(tiny_model):
                                                            for p in latency["phases"]]
 
 
+@pytest.mark.slow
 def test_score_and_every_command_s_help_run(tiny_model, tmp_path):
     src, out = tmp_path / "pairs.csv", tmp_path / "scores.csv"
     src.write_text("id,addr1,addr2\na,紫萱路363号人力社保局,紫萱路363号市人社局\n", encoding="utf-8")

@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "Read the results topic into a CSV or JSONL file."),
     "broker": ("mgeo.settings:BrokerSettings", "mgeo.tools.broker:run",
                "Run an embedded Kafka-compatible broker, in memory, on loopback."),
+    "topics": ("mgeo.settings:TopicsSettings", "mgeo.tools.topics:run",
+               "Create the input, results and dead-letter topics."),
     "score": ("mgeo.settings:ScoreSettings", "mgeo.tools.score:run",
               "Score a CSV/JSONL file offline with the engine (no Kafka)."),
     "bench": ("mgeo.tools.bench_settings:BenchSettings", "mgeo.tools.bench:run",
@@ -326,6 +328,7 @@ _CLIENT_CONFIGS: dict[str, tuple[tuple[str, str | None], ...]] = {
                ("producer", "mgeo.worker.stream.clients:producer_config")),
     "produce": (("producer", "mgeo.producer.publish:producer_config"),),
     "collect": (("consumer", None),),
+    "topics": (("producer", None),),  # an admin client takes what a producer takes
 }
 
 
