@@ -2,6 +2,9 @@
 
     git worktree add /tmp/old 5240506        # the commit to compare with
     python bench/compare_capacity.py --old-tree /tmp/old --pairs 20000
+    # or the older checkout's own environment (its mgeo installed there, editable or not):
+    python bench/compare_capacity.py --old-tree /tmp/old --old-python /tmp/old/.venv/bin/python \
+        --old-module mgeo.tools.cli
 
 Each worker (old, new, then new with each --processes value) drains the same pre-filled topic
 of generated pairs on its own embedded broker, with the same model (the bundled default unless
@@ -24,13 +27,13 @@ from mgeo.worker.inference.model import default_model_dir
 
 
 def drain(pairs, model: Path, *, old_tree: Path | None, old_module: str, partitions: int,
-          **settings) -> float:
+          old_python: str = sys.executable, **settings) -> float:
     with EmbeddedBroker() as broker:
         topics = Topics.fresh(broker.bootstrap, partitions)
         prefill(broker.bootstrap, topics.input, pairs)
         if old_tree is not None:
             worker = Worker(broker.bootstrap, topics, model,
-                            argv=[sys.executable, "-m", old_module, "worker"],
+                            argv=[old_python, "-m", old_module, "worker"],
                             env_extra={"PYTHONPATH": str(old_tree)}, cwd=old_tree, **settings)
         else:
             worker = Worker(broker.bootstrap, topics, model, **settings)
@@ -51,6 +54,9 @@ def main() -> None:
     ap.add_argument("--old-tree", type=Path, required=True,
                     help="a checkout of the older commit (git worktree add DIR COMMIT)")
     ap.add_argument("--old-module", default="mgeo.cli", help="the older commit's CLI module")
+    ap.add_argument("--old-python", default=sys.executable,
+                    help="the Python that runs the older worker (default: this one, with "
+                         "--old-tree first on PYTHONPATH)")
     ap.add_argument("--pairs", type=int, default=20_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--processes", default="2", help="extra runs of the new worker, N,...")
@@ -62,7 +68,8 @@ def main() -> None:
     model = a.model or default_model_dir()
     common = dict(model=model, old_module=a.old_module, partitions=a.partitions)
     report = {"pairs": len(pairs), "model": str(model),
-              "old": drain(pairs, old_tree=a.old_tree.resolve(), **common),
+              "old": drain(pairs, old_tree=a.old_tree.resolve(), old_python=a.old_python,
+                           **common),
               "new": drain(pairs, old_tree=None, **common)}
     for n in filter(None, a.processes.split(",")):
         report[f"new, {n} processes"] = drain(pairs, old_tree=None, processes=n, **common)

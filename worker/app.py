@@ -61,8 +61,8 @@ def run(s: WorkerSettings) -> int:
     os._exit(code)
 
 
-MMAP_THRESHOLD = 4 << 20  # bytes: larger blocks are mmapped, and given back when freed
-TRIM_EVERY = 10.0         # seconds between returns of the heap's free pages to the system
+MMAP_THRESHOLD = 32 << 20  # bytes: larger blocks are mmapped, and given back when freed
+TRIM_EVERY = 2.0          # seconds between returns of the heap's free pages to the system
 
 
 def _steady_heap() -> None:
@@ -71,11 +71,12 @@ def _steady_heap() -> None:
     glibc's malloc raises its mmap threshold to the largest block freed (up to 32 MiB), after
     which a batch's large tensors, of a different size every batch, come from the heap, whose
     free holes it keeps. bench/soak.py saw a CPU worker grow from 1.0 to 2.1 GB over 300,000
-    pairs so. A fixed 4 MiB threshold keeps the largest tensors mmapped (given back when
-    freed) and a trim every 10 s gives the free pages between the others back: the same run
-    stays flat (docs/reliability.md). A lower threshold is flatter still but cost a third of
-    the throughput on a 2-core CPU (every tensor freshly mapped). MALLOC_MMAP_THRESHOLD_ in
-    the environment wins."""
+    pairs so. The heap's free pages are now given back every 2 s (malloc_trim), and the
+    threshold is fixed at 32 MiB (glibc's own ceiling) so the policy does not move under the
+    worker: the soak stays between 0.6 and 0.9 GB (docs/reliability.md). A lower threshold is
+    flatter still but costs throughput on a CPU (every tensor above it freshly mapped and
+    zeroed each batch): 4 MiB cost a quarter of the backlog rate on the 2-core machine, 128 KiB
+    a third. MALLOC_MMAP_THRESHOLD_ in the environment wins."""
     try:
         import ctypes
 
