@@ -87,3 +87,28 @@ def test_one_substitute_and_one_settling_for_both_modes():
         tally.add(kind)
     assert answers.settle(seg, tally) and not answers.settle(seg, tally)  # once only
     assert (stats.answered, stats.scored, stats.error_results, stats.dead_letters) == (3, 1, 1, 1)
+
+
+def test_a_fatal_error_is_never_the_answers_fault():
+    """A fenced (fatal) producer refuses every produce with "Local: Fatal error": substituting
+    the answer, then stopping on "cannot write even a bounded substitute", hid the fencing
+    from the user (CI saw it when the produce came before the transaction call)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from mgeo.worker.stream.answers import is_fatal, is_permanent
+    from mgeo.worker.stream.intake import FatalStop
+
+    for code in (KafkaError._FATAL, KafkaError._FENCED):
+        err = KafkaError(code, fatal=code == KafkaError._FATAL)
+        assert is_fatal(err) and not is_permanent(err)
+    assert is_permanent(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+
+    class Fenced:
+        def produce(self, *args, **kwargs):
+            raise KafkaException(KafkaError(KafkaError._FATAL, "Fatal error", fatal=True))
+
+    delivery = _steps("exactly-once").delivery
+    delivery.producer = Fenced()
+    answer = Answer(0, "out", b"v", b"k", None, Kind.RESULT, "in[0]@0")
+    with pytest.raises(FatalStop, match="fenced, another worker uses the same transactional"):
+        delivery._produce(None, answer)

@@ -55,7 +55,17 @@ _PERMANENT = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
               KafkaError.INVALID_REQUIRED_ACKS}
 
 
+def is_fatal(err: KafkaError) -> bool:
+    """The producer itself is dead (fenced, or another fatal error): no answer, substitute or
+    not, can be written by it any more; the worker stops (clients.fatal_line says why)."""
+    return err.fatal() or err.code() in (KafkaError._FATAL, KafkaError._FENCED)
+
+
 def is_permanent(err: KafkaError) -> bool:
+    """This answer can never be written (too large, refused by the topic): send its bounded
+    substitute. A fatal error is not the answer's fault (is_fatal)."""
+    if is_fatal(err):
+        return False
     code = err.code()
     if code in _PERMANENT:
         return True

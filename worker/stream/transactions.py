@@ -26,8 +26,8 @@ from typing import Callable
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from mgeo.logs import RateLimitedLog
-from mgeo.worker.stream.answers import (Answer, Answers, Replacements, Tally, is_permanent,
-                                       unwritable)
+from mgeo.worker.stream.answers import (Answer, Answers, Replacements, Tally, is_fatal,
+                                       is_permanent, unwritable)
 from mgeo.worker.stream.delivery import Serving
 from mgeo.worker.stream.intake import FatalStop, Unit
 from mgeo.worker.stream.offsets import TP, OffsetTracker, Segment
@@ -154,6 +154,10 @@ class ExactlyOnce:
             except BufferError:  # the local queue is full: the serving thread drains it
                 self.producer.flush(0.5)
             except KafkaException as exc:
+                if is_fatal(exc.args[0]):  # fenced...: the producer is dead, say so
+                    self.failed = True
+                    raise FatalStop(f"exactly-once: the transactional producer failed fatally: "
+                                    f"{exc.args[0].str()}. {self.fenced_hint}") from None
                 if not is_permanent(exc.args[0]):
                     raise
                 if a.substitute:  # nothing smaller is left
