@@ -109,9 +109,14 @@ class ExactlyOnce:
     def _serving_failed(self, exc: BaseException) -> None:
         self.failed = True  # no transaction can commit now
         if isinstance(exc, KafkaException):  # fatal (fenced...)
-            exc = FatalStop(f"exactly-once: the transactional producer failed fatally: "
-                            f"{exc.args[0].str()}. {self.fenced_hint}")
+            exc = self._fatal(exc.args[0])
         self.on_failure(exc)
+
+    def _fatal(self, err: KafkaError) -> FatalStop:
+        """The stop of a producer that failed fatally (fenced...), with the hint."""
+        self.failed = True  # no transaction can commit now
+        return FatalStop(f"exactly-once: the transactional producer failed fatally: "
+                         f"{err.str()}. {self.fenced_hint}")
 
     # -- the inference thread ----------------------------------------------------------------
 
@@ -155,9 +160,7 @@ class ExactlyOnce:
                 self.producer.flush(0.5)
             except KafkaException as exc:
                 if is_fatal(exc.args[0]):  # fenced...: the producer is dead, say so
-                    self.failed = True
-                    raise FatalStop(f"exactly-once: the transactional producer failed fatally: "
-                                    f"{exc.args[0].str()}. {self.fenced_hint}") from None
+                    raise self._fatal(exc.args[0]) from None
                 if not is_permanent(exc.args[0]):
                     raise
                 if a.substitute:  # nothing smaller is left
