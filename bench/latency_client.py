@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Latency as a plain Kafka client sees it: no project code on the client side.
+
+    python bench/latency_client.py                      # embedded broker, 3 runs
+    python bench/latency_client.py --runs 1 --seconds 30 --json out.json
+
+What it does, per run (issue 23's method):
+
+1. capacity: fresh topics of --partitions partitions, a backlog of --backlog realistic pairs
+   written first, then one `mgeo worker` (default settings) drains it; the rate comes from the
+   results' record timestamps with the first 10% left out;
+2. latency: fresh topics and a fresh worker; a probe request is answered first (the worker has
+   joined and warmed up); then this client produces one request at a time, keyed by its id,
+   with linger.ms 1, at a steady --share of that capacity for --seconds, serving its producer
+   every ~2 ms between sends; a pair's latency is its result's record timestamp minus the
+   moment this client called produce() (both on this machine's clock).
+
+The worker and the broker are started through the `mgeo` command line, as a user would; the
+client side (producing, reading results, timing) is confluent-kafka and the standard library.
+The worker's own `mgeo_end_to_end_seconds` histogram is scraped before and after the load so
+the two views can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIR_FILES = (ROOT / "tools" / "data" / "sample_pairs.csv",
+              ROOT / "training" / "data" / "dev_pairs.csv")
+
+
+def load_pairs(paths) -> list[tuple[str, str]]:
+    pairs = []
+    for path in paths:
+        with open(path, encoding="utf-8", newline="") as f:
+            pairs += [(r["addr1"], r["addr2"]) for r in csv.DictReader(f)]
+    if not pairs:
+        sys.exit("no pairs read from " + ", ".join(map(str, paths)))
+    return pairs
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(rid: str, a: str, b: str) -> bytes:
+    return json.dumps({"id": rid, "addr1": a, "addr2": b}, ensure_ascii=False).encode()
+
+
+def percentile(values, q: float) -> float:
+    v = sorted(values)
+    if not v:
+        return math.nan
+    k = (len(v) - 1) * q
+    lo = int(k)
+    return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (k - lo)
+
+
+class Broker:
+    """`mgeo broker --port 0`: its first line is the bootstrap address."""
+
+    def __init__(self, mgeo: list[str]):
+        self.proc = subprocess.Popen([*mgeo, "broker", "--port", "0"], stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        self.bootstrap = self.proc.stdout.readline().strip()
+        if not self.bootstrap:
+            sys.exit("the broker did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(20)
+
+
+def create_topics(bootstrap: str, partitions: int) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    names = {"input": f"lat-{tag}-pairs", "output": f"lat-{tag}-scores",
+             "dlq": f"lat-{tag}-dlq", "group": f"lat-{tag}-workers"}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(names["input"], partitions, 1),
+                                   NewTopic(names["output"], partitions, 1),
+                                   NewTopic(names["dlq"], 1, 1)])
+    for f in futures.values():
+        f.result(30)
+    return names
+
+
+class Worker:
+    def __init__(self, mgeo: list[str], bootstrap: str, topics: dict, metrics_port: int,
+                 log_path: Path):
+        env = dict(os.environ, MGEO_BOOTSTRAP_SERVERS=bootstrap,
+                   MGEO_INPUT_TOPIC=topics["input"], MGEO_OUTPUT_TOPIC=topics["output"],
+                   MGEO_DLQ_TOPIC=topics["dlq"], MGEO_GROUP_ID=topics["group"],
+                   MGEO_METRICS_PORT=str(metrics_port), MGEO_LOG_LEVEL="info")
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([*mgeo, "worker"], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+        finally:
+            self.log.close()
+
+
+class Results:
+    """Reads the results topic from the start on a thread: each id's record timestamp (ms)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
+        self.consumer = Consumer({"bootstrap.servers": bootstrap,
+                                  "group.id": f"client-{uuid.uuid4().hex[:8]}",
+                                  "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                              for p in range(partitions)])
+        self.stamps: dict[str, int] = {}
+        self.cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            msgs = self.consumer.consume(1000, 0.2)
+            fresh = [m for m in msgs if m.error() is None]
+            if not fresh:
+                continue
+            with self.cond:
+                for m in fresh:
+                    rid = json.loads(m.value())["id"]
+                    self.stamps.setdefault(rid, m.timestamp()[1])
+                self.cond.notify_all()
+
+    def wait_for(self, ids, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not all(i in self.stamps for i in ids):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def wait_count(self, n: int, idle_timeout: float) -> int:
+        """Until n answers, or idle_timeout seconds without a new one."""
+        with self.cond:
+            while len(self.stamps) < n:
+                before = len(self.stamps)
+                self.cond.wait(idle_timeout)
+                if len(self.stamps) == before:
+                    break
+            return len(self.stamps)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.consumer.close()
+
+
+def steady_rate(stamps_ms, warmup: float = 0.1) -> float:
+    ts = sorted(stamps_ms)
+    skip = int(len(ts) * warmup)
+    span = (ts[-1] - ts[skip]) / 1000
+    return (len(ts) - 1 - skip) / span if span > 0 else math.nan
+
+
+def scrape_histogram(port: int) -> list[tuple[float, float]]:
+    """Cumulative (le, count) buckets of mgeo_end_to_end_seconds from the worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("mgeo_end_to_end_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(buckets)
+
+
+def histogram_quantile(buckets, q: float) -> float:
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return math.nan
+    rank, prev_b, prev_c = q * total, 0.0, 0.0
+    for b, c in buckets:
+        if c >= rank:
+            if math.isinf(b):
+                return prev_b
+            return prev_b + (b - prev_b) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+        prev_b, prev_c = b, c
+    return prev_b
+
+
+def fast_fill(bootstrap: str, topic: str, pairs, prefix: str) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for i, (a, b) in enumerate(pairs):
+        rid = f"{prefix}{i}"
+        while True:
+            try:
+                p.produce(topic, key=rid.encode(), value=request(rid, a, b))
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    if p.flush(120):
+        sys.exit("could not write the backlog")
+
+
+def capacity(args, mgeo, bootstrap, pairs, workdir: Path) -> float:
+    topics = create_topics(bootstrap, args.partitions)
+    backlog = [pairs[i % len(pairs)] for i in range(args.backlog)]
+    fast_fill(bootstrap, topics["input"], backlog, "b")
+    results = Results(bootstrap, topics["output"], args.partitions)
+    worker = Worker(mgeo, bootstrap, topics, free_port(), workdir / "capacity-worker.log")
+    try:
+        got = results.wait_count(len(backlog), idle_timeout=120)
+    finally:
+        worker.stop()
+        results.close()
+    if got < len(backlog):
+        sys.exit(f"capacity run: only {got} of {len(backlog)} answered "
+                 f"(see {workdir / 'capacity-worker.log'})")
+    return steady_rate(results.stamps.values())
+
+
+def latency(args, mgeo, bootstrap, pairs, rate: float, workdir: Path) -> dict:
+    topics = create_topics(bootstrap, args.partitions)
+    results = Results(bootstrap, topics["output"], args.partitions)
+    port = free_port()
+    worker = Worker(mgeo, bootstrap, topics, port, workdir / "latency-worker.log")
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    try:
+        producer.produce(topics["input"], key=b"probe", value=request("probe", *pairs[0]))
+        producer.flush(30)
+        if not results.wait_for(["probe"], 180):
+            sys.exit(f"the probe was not answered (see {workdir / 'latency-worker.log'})")
+        before = scrape_histogram(port)
+        n = int(rate * args.seconds)
+        rng = random.Random(args.seed)
+        sent: dict[str, float] = {}
+        start = time.monotonic()
+        for i in range(n):
+            due = start + i / rate
+            while True:  # serve the producer every ~2 ms until this request is due
+                left = due - time.monotonic()
+                if left <= 0:
+                    break
+                producer.poll(min(left, 0.002))
+            rid = f"r{i}"
+            a, b = pairs[rng.randrange(len(pairs))]
+            sent[rid] = time.time() * 1000
+            producer.produce(topics["input"], key=rid.encode(), value=request(rid, a, b))
+        producer.flush(30)
+        elapsed = time.monotonic() - start
+        results.wait_for(list(sent), 60)
+        after = scrape_histogram(port)
+    finally:
+        code = worker.stop()
+        results.close()
+    waits = [(results.stamps[rid] - t) / 1000 for rid, t in sent.items() if rid in results.stamps]
+    delta = [(b, a - c) for (b, a), (_, c) in zip(after, before)]
+    return {"rate_pairs_per_s": round(rate, 1), "sent": len(sent),
+            "offered_rate": round(len(sent) / elapsed, 1), "answered": len(waits),
+            "client": {f"p{q}": round(percentile(waits, q / 100) * 1000, 1)
+                       for q in (50, 90, 99)} | {"max": round(max(waits) * 1000, 1)},
+            "worker_histogram": {f"p{q}": round(histogram_quantile(delta, q / 100) * 1000, 1)
+                                 for q in (50, 90, 99)},
+            "worker_exit_code": code}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bootstrap", help="a running broker (default: start `mgeo broker`)")
+    ap.add_argument("--mgeo", default=f"{sys.executable} -m mgeo.tools.cli",
+                    help="how to run the mgeo command (default: this Python's)")
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--backlog", type=int, default=20_000)
+    ap.add_argument("--share", type=float, default=1 / 3, help="load, share of capacity")
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", type=Path, nargs="*", default=list(PAIR_FILES),
+                    help="CSV files with addr1,addr2 columns (default: the bundled realistic "
+                         "pairs)")
+    ap.add_argument("--json", type=Path, help="also write every figure here")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/mgeo-latency-client"))
+    args = ap.parse_args()
+    mgeo = args.mgeo.split()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    pairs = load_pairs(args.pairs)
+    broker = None if args.bootstrap else Broker(mgeo)
+    bootstrap = args.bootstrap or broker.bootstrap
+    runs = []
+    try:
+        for k in range(args.runs):
+            cap = capacity(args, mgeo, bootstrap, pairs, args.workdir)
+            r = latency(args, mgeo, bootstrap, pairs, args.share * cap, args.workdir)
+            r["capacity_pairs_per_s"] = round(cap, 1)
+            runs.append(r)
+            c, w = r["client"], r["worker_histogram"]
+            print(f"run {k + 1}: capacity {cap:,.0f} pairs/s; load {r['rate_pairs_per_s']:,.0f}/s"
+                  f" ({r['answered']}/{r['sent']} answered); client p50 {c['p50']:.0f} ms, "
+                  f"p90 {c['p90']:.0f}, p99 {c['p99']:.0f}, max {c['max']:.0f}; worker "
+                  f"histogram p50 {w['p50']:.0f}, p90 {w['p90']:.0f}, p99 {w['p99']:.0f}",
+                  flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    if args.json:
+        args.json.write_text(json.dumps({"partitions": args.partitions, "backlog": args.backlog,
+                                         "share": args.share, "seconds": args.seconds,
+                                         "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
