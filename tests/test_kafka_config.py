@@ -228,7 +228,6 @@ def test_java_client_secrets_are_masked_too():
     assert set(redact(java).values()) == {"***"}
 
 
-@pytest.mark.slow
 def test_the_debug_config_dump_masks_every_secret(caplog):
     from engines import RuleEngine
     from memory_kafka import MemoryBroker, clients

@@ -131,6 +131,7 @@ class StreamProcessor:
         self.stage.start()
         self.consumer.subscribe([s.input_topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.control.notify()  # open: clients made, steps started (waiters may be waiting for it)
 
     def _tick(self) -> None:
         first = self.consumer.poll(self.s.poll_timeout)  # returns as soon as a message is there
