@@ -231,8 +231,27 @@ SLOW_FIXTURES = frozenset({"bootstrap", "topics", "start_worker", "broker_hides_
                            "trained"})
 
 
+# The longest tests (minutes, see .ci/run's --durations list) start first, so that on several
+# processes (pytest -n, as .ci/run runs the slow lane) none of them is left to run alone at the
+# end: longest first is the classic schedule for jobs of known length on parallel machines.
+LONGEST_FIRST = ("tests/test_gpu_rehearsal.py::", "tests/test_layout.py::test_installs_bring",
+                 "tests/test_faults.py::test_sigkill", "tests/test_soak.py::",
+                 "tests/test_train.py::", "tests/test_worker_only.py::test_bench_host_path",
+                 "tests/test_failure_modes.py::test_a_session_that_really_expires",
+                 "tests/test_failure_modes.py::test_a_paused_worker_that_loses",
+                 "tests/test_docs.py::")
+
+
+def _rank(item) -> int:
+    for k, prefix in enumerate(LONGEST_FIRST):
+        if item.nodeid.startswith(prefix):
+            return k
+    return len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) \
                 or item.get_closest_marker("broker"):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=_rank)  # stable: the rest keep their order

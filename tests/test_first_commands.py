@@ -117,6 +117,9 @@ if [ -e {tmp_path}/no-venv ] && [ ! -e {tmp_path}/venv-installed ]; then exit 1;
     return Sandbox()
 
 
+SLOW_LANE = "python -m pytest -q -m slow -n 3 --dist loadgroup --durations=30"
+
+
 def _installs(calls: list[str]) -> list[str]:
     return [c for c in calls if c.startswith("apt-get install")]
 
@@ -131,7 +134,7 @@ def test_without_promtool_it_installs_debians_prometheus_then_runs_the_suite(san
         f"pip install -q torch==2.13.0 --no-deps --extra-index-url {CPU_INDEX}",
         "pip install -q -e .[all] -c deploy/requirements/worker.txt",
         "python -m pytest -q -m not slow",
-        "python -m pytest -q -m slow --durations=30"]
+        SLOW_LANE]
     assert "installing promtool and prometheus" in done.stderr
 
 
@@ -142,7 +145,7 @@ def test_with_promtool_on_path_it_installs_nothing(sandbox):
     assert done.returncode == 0, done.stderr
     assert not [c for c in calls if c.startswith(("apt-get", "sudo"))]
     assert calls[-2:] == ["python -m pytest -q -m not slow",
-                          "python -m pytest -q -m slow --durations=30"]
+                          SLOW_LANE]
     assert "fast lane (pytest -m 'not slow')" in done.stdout and "full suite" in done.stdout
 
 
@@ -185,5 +188,5 @@ def test_a_failing_fast_lane_still_runs_the_slow_tests_and_fails_the_run(sandbox
               body='[ "$5" = "not slow" ] && exit 1; exit 0')
     done, calls = sandbox.run()
     assert done.returncode == 1
-    assert calls[-1] == "python -m pytest -q -m slow --durations=30"
+    assert calls[-1] == SLOW_LANE
     assert done.stdout.strip().splitlines()[-1].endswith("FAILED (exit 1)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -16,7 +17,14 @@ from mgeo.training.settings import TrainSettings  # noqa: E402
 from mgeo.training import train as tr  # noqa: E402
 from mgeo.training.evaluate import classification_report  # noqa: E402
 
-TINY = dict(layers=1, hidden=64, heads=2, threads=2, plot=False)
+# One process trains the module's model once for all of these (pytest -n --dist loadgroup).
+pytestmark = [pytest.mark.xdist_group("trained-model"), pytest.mark.timeout(900)]
+
+# Two torch threads alone; one where pytest runs tests side by side (-n, as .ci/run's slow
+# lane does): two threads that meet at every operator, on cores other processes want, spend
+# their time waiting for each other (the training fixture took over 300 s so, 51 s alone).
+TINY = dict(layers=1, hidden=64, heads=2, threads=1 if os.environ.get("PYTEST_XDIST_WORKER")
+            else 2, plot=False)
 
 
 def settings(out, **kw) -> TrainSettings:
