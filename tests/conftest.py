@@ -249,6 +249,28 @@ def _rank(item) -> int:
     return len(LONGEST_FIRST)
 
 
+# Tests that share a costly fixture run on one process under pytest -n (xdist), the others one
+# by one on whichever process is free. (xdist's own `--dist loadgroup` marks do nothing under
+# pytest 9, which moved the node id it rewrites.)
+SHARED_FIXTURE_FILES = ("tests/test_train.py",)  # the trained model
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Shared(LoadScopeScheduling):
+        """Each test its own unit of work, but a file of SHARED_FIXTURE_FILES one unit (that
+        goes out first, being largest; then the rest in collection order, longest first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in SHARED_FIXTURE_FILES else nodeid
+
+    return Shared(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) \

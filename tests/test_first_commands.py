@@ -117,7 +117,7 @@ if [ -e {tmp_path}/no-venv ] && [ ! -e {tmp_path}/venv-installed ]; then exit 1;
     return Sandbox()
 
 
-SLOW_LANE = "python -m pytest -q -m slow -n 3 --dist loadgroup --durations=30"
+SLOW_LANE = "python -m pytest -q -m slow -n 3 --durations=30"
 
 
 def _installs(calls: list[str]) -> list[str]:

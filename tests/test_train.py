@@ -17,8 +17,8 @@ from mgeo.training.settings import TrainSettings  # noqa: E402
 from mgeo.training import train as tr  # noqa: E402
 from mgeo.training.evaluate import classification_report  # noqa: E402
 
-# One process trains the module's model once for all of these (pytest -n --dist loadgroup).
-pytestmark = [pytest.mark.xdist_group("trained-model"), pytest.mark.timeout(900)]
+# Under pytest -n these run on one process, which trains the model once (conftest.py).
+pytestmark = pytest.mark.timeout(900)
 
 # Two torch threads alone; one where pytest runs tests side by side (-n, as .ci/run's slow
 # lane does): two threads that meet at every operator, on cores other processes want, spend
@@ -31,9 +31,11 @@ def settings(out, **kw) -> TrainSettings:
     return TrainSettings(out=out, **{**TINY, **kw})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """A tiny model trained briefly on generated pairs (shared by several tests)."""
+    """A tiny model trained briefly on generated pairs (shared by several tests). Session-wide:
+    under pytest -n a module fixture is set up again whenever a process's queue of tests runs
+    dry in the middle of the module."""
     out = tmp_path_factory.mktemp("m") / "model"
     s = settings(out, synth=8000, epochs=3, batch_size=16, lr=1e-3, dropout=0.0, layers=2,
                  evals=2, plot=True)
