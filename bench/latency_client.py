@@ -333,13 +333,16 @@ def main() -> int:
     runs = []
     try:
         for k in range(args.runs):
-            cap = args.rate / args.share if args.rate else \
-                capacity(args, mgeo, bootstrap, pairs, args.workdir)
-            r = latency(args, mgeo, bootstrap, pairs, args.share * cap, args.workdir)
-            r["capacity_pairs_per_s"] = round(cap, 1)
+            if args.rate:  # an experiment at a given load: no capacity measured
+                cap, rate, said = None, args.rate, "capacity not measured (--rate)"
+            else:
+                cap = capacity(args, mgeo, bootstrap, pairs, args.workdir)
+                rate, said = args.share * cap, f"capacity {cap:,.0f} pairs/s"
+            r = latency(args, mgeo, bootstrap, pairs, rate, args.workdir)
+            r["capacity_pairs_per_s"] = None if cap is None else round(cap, 1)
             runs.append(r)
             c, w = r["client"], r["worker_histogram"]
-            print(f"run {k + 1}: capacity {cap:,.0f} pairs/s; load {r['rate_pairs_per_s']:,.0f}/s"
+            print(f"run {k + 1}: {said}; load {r['rate_pairs_per_s']:,.0f}/s"
                   f" ({r['answered']}/{r['sent']} answered); client p50 {c['p50']:.0f} ms, "
                   f"p90 {c['p90']:.0f}, p99 {c['p99']:.0f}, max {c['max']:.0f}; worker "
                   f"histogram p50 {w['p50']:.0f}, p90 {w['p90']:.0f}, p99 {w['p99']:.0f}",
