@@ -192,10 +192,13 @@ class Results:
 
 
 def steady_rate(stamps_ms, warmup: float = 0.1) -> float:
+    """Answers a second after the first `warmup` share: only those answered after that moment
+    count (a batch's answers share one millisecond). NaN when fewer than half are left."""
     ts = sorted(stamps_ms)
-    skip = int(len(ts) * warmup)
-    span = (ts[-1] - ts[skip]) / 1000
-    return (len(ts) - 1 - skip) / span if span > 0 else math.nan
+    start = ts[int(len(ts) * warmup)]
+    after = sum(1 for t in ts if t > start)
+    span = (ts[-1] - start) / 1000
+    return after / span if span > 0 and after >= len(ts) // 2 else math.nan
 
 
 def scrape_histogram(port: int) -> list[tuple[float, float]]:
@@ -253,7 +256,11 @@ def capacity(args, mgeo, bootstrap, pairs, workdir: Path) -> float:
     if got < len(backlog):
         sys.exit(f"capacity run: only {got} of {len(backlog)} answered "
                  f"(see {workdir / 'capacity-worker.log'})")
-    return steady_rate(results.stamps.values())
+    rate = steady_rate(results.stamps.values())
+    if math.isnan(rate):
+        sys.exit(f"capacity run: {len(backlog)} pairs were answered in too few batches to time "
+                 "a steady rate; give a larger --backlog")
+    return rate
 
 
 def latency(args, mgeo, bootstrap, pairs, rate: float, workdir: Path) -> dict:

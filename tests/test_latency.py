@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import worker_env
-from mgeo.tools.harness import Answers, paced
+from mgeo.tools.harness import Answers, paced, steady_rate
 from mgeo.tools.latency import histogram_quantile, percentile, scrape_e2e
 from mgeo.worker.stream.metrics import SECONDS_BUCKETS
 
@@ -18,6 +18,27 @@ def test_histogram_quantile_interpolates_as_prometheus_does():
     assert histogram_quantile(buckets, 0.5) == pytest.approx(0.1 + 0.1 * (20 - 10) / 20)
     assert histogram_quantile(buckets, 1.0) == pytest.approx(0.4)
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+
+
+def test_the_steady_rate_counts_only_answers_after_its_start():
+    # An answer every 10 ms: 100 a second, whatever the warm-up share left out.
+    assert steady_rate(range(0, 10_000, 10)) == pytest.approx(100, rel=0.01)
+    # 1,000 pairs in four batches of 250, one a second: answers after the first batch's
+    # moment (750) over the 3 s since. Counting the rest of the first batch made it 25,000/s.
+    batches = [t for t in (0, 1000, 2000, 3000) for _ in range(250)]
+    assert steady_rate(batches) == pytest.approx(250)
+
+
+def test_a_drain_in_too_few_bursts_is_timed_from_when_the_worker_could_start():
+    # 1,000 pairs written at t=0, answered 4 s later in sub-batches 10 ms apart (one batch):
+    # the whole drain's rate, not the 50 ms "steady" part's.
+    burst = [4000 + 10 * (i // 200) for i in range(1000)]
+    assert steady_rate(burst, since_ms=0) == pytest.approx(1000 / 4.04)
+    assert steady_rate(burst) > 10_000  # what it measured without the drain's start
+    # A long steady drain keeps its steady rate when its start is known.
+    assert steady_rate(range(1000, 11_000, 10), since_ms=0) == pytest.approx(100, rel=0.01)
+    assert steady_rate([5000] * 10) != steady_rate([5000] * 10)  # NaN: nothing to time
+    assert steady_rate([]) != steady_rate([])
 
 
 def _bucket(value: float) -> int:

@@ -108,15 +108,17 @@ def _end_to_end(s: BenchSettings, model: Path, pairs, device: str, processes: in
                         max_batch_pairs=s.max_batch_pairs, **extra)
         try:
             worker.wait_assigned()
+            since_ms = time.time() * 1000
             answers = Answers(broker.bootstrap, topics.output, partitions)
             stamps = answers.read(n, timeout=120)
             answers.close()
         finally:
             code = worker.stop()
     got = len(stamps)
+    rate = steady_rate(list(stamps.values()), since_ms=since_ms)
     return {"processes": processes, "partitions": partitions, "answers": got,
             "complete": got == n, "exit_code": code, "prefill_seconds": round(prefill_s, 2),
-            "pairs_per_s": round(steady_rate(list(stamps.values())), 1)}
+            "pairs_per_s": round(rate, 1)}
 
 
 def print_host_path(r: dict) -> None:

@@ -13,6 +13,7 @@ One worker (default settings) on the embedded broker:
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 from mgeo.tools.bench_settings import BenchSettings
@@ -85,9 +86,13 @@ def run_latency(s: BenchSettings) -> dict:
         try:
             worker.wait_assigned()
             answers = Answers(broker.bootstrap, topics.output, 4)
+            since_ms = time.time() * 1000
             prefill(broker.bootstrap, topics.input, backlog, prefix="b")
             stamps = answers.read(len(backlog), timeout=120)
-            capacity = steady_rate(list(stamps.values()))
+            capacity = steady_rate(list(stamps.values()), since_ms=since_ms)
+            if not capacity > 0:
+                raise RuntimeError(f"no capacity measured: {len(stamps)} of {len(backlog)} "
+                                   "backlog pairs answered")
             report["capacity_pairs_per_s"] = round(capacity, 1)
             report["backlog_pairs"] = len(backlog)
             seen = len(stamps)
