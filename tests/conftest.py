@@ -234,8 +234,7 @@ SLOW_FIXTURES = frozenset({"bootstrap", "topics", "start_worker", "broker_hides_
 # The longest tests (minutes, see .ci/run's --durations list) start first, so that on several
 # processes (pytest -n, as .ci/run runs the slow lane) none of them is left to run alone at the
 # end: longest first is the classic schedule for jobs of known length on parallel machines.
-LONGEST_FIRST = ("tests/test_gpu_rehearsal.py::", "tests/test_layout.py::test_installs_bring",
-                 "tests/test_faults.py::test_sigkill", "tests/test_soak.py::",
+LONGEST_FIRST = ("tests/test_gpu_rehearsal.py::", "tests/test_faults.py::test_sigkill", "tests/test_soak.py::",
                  "tests/test_train.py::", "tests/test_worker_only.py::test_bench_host_path",
                  "tests/test_failure_modes.py::test_a_session_that_really_expires",
                  "tests/test_failure_modes.py::test_a_paused_worker_that_loses",
@@ -252,7 +251,9 @@ def _rank(item) -> int:
 # Tests that share a costly fixture run on one process under pytest -n (xdist), the others one
 # by one on whichever process is free. (xdist's own `--dist loadgroup` marks do nothing under
 # pytest 9, which moved the node id it rewrites.)
-SHARED_FIXTURE_FILES = ("tests/test_train.py",)  # the trained model
+SHARED_FIXTURE_FILES = ("tests/test_train.py",  # the trained model
+                        "tests/test_packaging.py")  # the wheel, built in the tree's build/: two
+# processes building it at once collide there ("File exists: build/bdist.../wheel/...dist-info")
 
 
 def pytest_xdist_make_scheduler(config, log):
