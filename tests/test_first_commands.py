@@ -167,34 +167,6 @@ def test_a_user_with_sudo_installs_through_sudo(sandbox):
            "--no-install-recommends prometheus" in calls
 
 
-def test_where_a_python_312_is_the_gpu_rehearsal_runs_beside_the_fast_lane(sandbox):
-    """.ci/run starts .ci/gpu-rehearsal in the background before the fast lane and names its
-    folder to both lanes (MGEO_REHEARSAL_DIR); its exit status lands in `exit` there, which the
-    slow lane's test waits for; the folder is gone once .ci/run ends."""
-    for tool in ("promtool", "prometheus", "python3.12"):
-        _stand_in(sandbox.bin, tool)
-    for tool in ("mktemp", "setsid", "mv", "rm", "cat", "seq", "sleep"):
-        (sandbox.bin / tool).symlink_to(shutil.which(tool))
-    checkout = sandbox.root / "checkout"
-    _stand_in(checkout / ".ci", "gpu-rehearsal")
-    # The lanes' python: says which folder it was given; the slow lane waits for the exit file
-    # as tests/test_gpu_rehearsal.py does (bounded).
-    _stand_in(checkout / ".venv" / "bin", "python", body="""
-echo "lane $5 sees ${MGEO_REHEARSAL_DIR:-nothing}" >> "$CALLS"
-if [ "$5" = slow ]; then
-  for _ in $(seq 1 200); do [ -e "$MGEO_REHEARSAL_DIR/exit" ] && break; sleep 0.05; done
-  echo "rehearsal exit $(cat "$MGEO_REHEARSAL_DIR/exit")" >> "$CALLS"
-fi""")
-    done, calls = sandbox.run()
-    assert done.returncode == 0, done.stderr
-    (rehearsal,) = [c for c in calls if c.startswith("gpu-rehearsal ")]
-    folder = rehearsal.split()[1].removesuffix("/out")
-    assert rehearsal == f"gpu-rehearsal {folder}/out"
-    assert f"lane not slow sees {folder}" in calls and f"lane slow sees {folder}" in calls
-    assert calls[-1] == "rehearsal exit 0"
-    assert not Path(folder).exists()
-
-
 @pytest.mark.parametrize("case", ["a user without sudo", "no apt-get"])
 def test_when_it_cannot_install_it_says_what_to_do_and_runs_nothing(sandbox, case):
     if case == "no apt-get":

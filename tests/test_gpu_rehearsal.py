@@ -1,10 +1,7 @@
 """The GPU machine, simulated: .ci/gpu-rehearsal builds (or takes from its cache) a Python 3.12
 environment holding only the GPU image's packages, adds what bench/gpu-wheels carries, and runs
 bench/gpu-run --cpu from a copy of this checkout without network; it fails unless every step
-wrote its figures. Minutes: once cached, about as long as the run itself.
-
-.ci/run starts the rehearsal beside the fast lane (which leaves most of a core idle) and names
-its folder in MGEO_REHEARSAL_DIR: this test then checks that run instead of starting its own."""
+wrote its figures. Minutes: once cached, about as long as the run itself."""
 
 from __future__ import annotations
 
@@ -13,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -27,30 +23,15 @@ def _python312() -> str | None:
     return os.environ.get("GPU_PYTHON") or (found[-1] if found else shutil.which("python3.12"))
 
 
-def _started_beside(folder: Path) -> tuple[int, str]:
-    """The exit status and output of the rehearsal .ci/run started: its `exit` file appears
-    (written last, by a rename) when it is done."""
-    deadline = time.monotonic() + LIMIT_S
-    while not (folder / "exit").is_file():
-        assert time.monotonic() < deadline, f"the rehearsal in {folder} ran past {LIMIT_S} s"
-        time.sleep(1)
-    return int((folder / "exit").read_text()), (folder / "log").read_text(errors="replace")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(LIMIT_S + 100)
 def test_gpu_run_as_the_gpu_machine_runs_it(tmp_path):
-    beside = os.environ.get("MGEO_REHEARSAL_DIR")
-    if beside:
-        out = Path(beside) / "out"
-        rc, output = _started_beside(Path(beside))
-    else:
-        if _python312() is None and not os.environ.get("CI"):
-            pytest.skip("no Python 3.12 here (CI has one through pyenv)")
-        out = tmp_path
-        done = subprocess.run([str(ROOT / ".ci" / "gpu-rehearsal"), str(out)],
-                              capture_output=True, text=True, timeout=LIMIT_S)
-        rc, output = done.returncode, done.stdout + done.stderr
+    if _python312() is None and not os.environ.get("CI"):
+        pytest.skip("no Python 3.12 here (CI has one through pyenv)")
+    out = tmp_path
+    done = subprocess.run([str(ROOT / ".ci" / "gpu-rehearsal"), str(out)],
+                          capture_output=True, text=True, timeout=LIMIT_S)
+    rc, output = done.returncode, done.stdout + done.stderr
     assert rc == 0, output[-6000:]
     results = json.loads((out / "results.json").read_text())
     assert results["check"]["python"].startswith("3.12")
