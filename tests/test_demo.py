@@ -14,16 +14,18 @@ from worker_only import mgeo as worker_only
 @pytest.mark.broker
 @pytest.mark.slow
 def test_demo_writes_one_row_per_sample_pair_with_sensible_scores(tmp_path):
-    # On a worker-only install (no pair generator, no matplotlib), as the worker image holds.
-    out = tmp_path / "demo.csv"
-    proc = worker_only("demo", "--out", str(out), "--device", "cpu", cwd=tmp_path, timeout=600)
+    # On a worker-only install (no pair generator, no matplotlib), as the worker image holds,
+    # and without --out: the README names the file it writes.
+    out = tmp_path / "mgeo-demo-results.csv"
+    proc = worker_only("demo", "--device", "cpu", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.read_text(encoding="utf-8").count("\n") > 100
     sample = [r.obj for r in read_rows(sample_path())]
     rows = list(csv.DictReader(open(out, encoding="utf-8")))
     assert [r["id"] for r in rows] == [p["id"] for p in sample]  # every pair once, in order
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
     assert f"results collected  {len(sample)}" in proc.stdout
-    assert str(out) in proc.stdout
+    assert str(out.resolve()) in proc.stdout
 
     # The bundled model, not the random fallback, scored them: the reference pairs read right.
     assert {r["model"] for r in rows} == {"default_model"}

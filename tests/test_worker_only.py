@@ -15,6 +15,7 @@ from worker_only import BLOCK, mgeo
 
 pytest.importorskip("torch")
 
+
 def _json(done: subprocess.CompletedProcess) -> dict:
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
