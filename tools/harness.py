@@ -5,6 +5,7 @@ record timestamps of the answers."""
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import re
 import signal
@@ -193,13 +194,13 @@ def steady_rate(stamps_ms: Sequence[int], warmup: float = 0.1,
     the whole drain's. NaN when neither can be timed."""
     ts = sorted(stamps_ms)
     if not ts:
-        return float("nan")
+        return math.nan
     start = ts[int(len(ts) * warmup)]
     after = len(ts) - bisect.bisect_right(ts, start)
     span = (ts[-1] - start) / 1000
-    steady = after / span if span > 0 and after >= len(ts) // 2 else float("nan")
+    steady = after / span if span > 0 and after >= len(ts) // 2 else math.nan
     if since_ms is not None and ts[-1] > since_ms:
         drain = (ts[-1] - since_ms) / 1000
-        if not span >= drain / 2 or steady != steady:
+        if math.isnan(steady) or span < drain / 2:
             return len(ts) / drain
     return steady
