@@ -235,7 +235,8 @@ SLOW_FIXTURES = frozenset({"bootstrap", "topics", "start_worker", "broker_hides_
 # processes (pytest -n, as .ci/run runs the slow lane) none of them is left to run alone at the
 # end: longest first is the classic schedule for jobs of known length on parallel machines.
 LONGEST_FIRST = ("tests/test_gpu_rehearsal.py::", "tests/test_faults.py::test_sigkill",
-                 "tests/test_soak.py::", "tests/test_train.py::", "tests/test_worker_only.py::test_bench_host_path",
+                 "tests/test_soak.py::", "tests/test_train.py::",
+                 "tests/test_worker_only.py::test_bench_host_path",
                  "tests/test_failure_modes.py::test_a_session_that_really_expires",
                  "tests/test_failure_modes.py::test_a_paused_worker_that_loses",
                  "tests/test_docs.py::")
