@@ -32,7 +32,7 @@ def run_pressure(s: BenchSettings) -> dict:
     from mgeo.worker.inference.accelerator import accelerator_for
     from mgeo.worker.inference.device import resolve_device
     from mgeo.worker.inference.engine import Engine
-    from mgeo.worker.inference.model import load_model
+    from mgeo.worker.inference.model import load_serving
 
     accel = simulated_gpu(s)
     if accel is None:
@@ -44,7 +44,7 @@ def run_pressure(s: BenchSettings) -> dict:
     rows, source = make_pairs(s.pairs, s.seed, s.pairs_from)
     pairs = [(r["addr1"], r["addr2"]) for r in rows]
     model_dir, model_desc = bench_model(s)
-    tokenizer, model, id2label = load_model(model_dir)
+    tokenizer, model, id2label = load_serving(model_dir)
 
     def engine(budget: int | None, grow_after: int = 32) -> Engine:
         return Engine(tokenizer, model, id2label, precision=s.precision,

@@ -160,10 +160,10 @@ class Engine:
     @classmethod
     def from_settings(cls, s: "ModelSettings", accelerator: Accelerator | None = None,
                       model_call: Callable[[ModelCall], ModelCall] | None = None) -> "Engine":
-        from mgeo.worker.inference.model import default_model_dir, load_model
+        from mgeo.worker.inference.model import default_model_dir, load_serving
 
         path = Path(s.model) if s.model else default_model_dir()
-        tokenizer, model, id2label = load_model(path, label_map=s.label_map, mgeo=True)
+        tokenizer, model, id2label = load_serving(path, label_map=s.label_map, mgeo=True)
         return cls(tokenizer, model, id2label, device=s.device, precision=s.precision,
                    max_length=s.max_length, token_budget=s.token_budget,
                    memory_fraction=s.memory_fraction, cache_size=s.cache_size,

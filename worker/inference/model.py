@@ -155,6 +155,26 @@ def load_model(path, *, label_map: Mapping[str, str] | None = None, mgeo: bool =
     return tokenizer, model, wanted or id2label
 
 
+def load_serving(path, *, label_map: Mapping[str, str] | None = None, mgeo: bool = False):
+    """What `load_model` returns, for serving: a plain BERT classifier with model.safetensors
+    and tokenizer.json (MGeo, the bundled model, what `mgeo convert` writes) is read without
+    importing `transformers` (`bert.py`: half a worker's start-up CPU); any other directory
+    through `transformers`, as `load_model`."""
+    path = check_model_dir(path)
+    wanted = mgeo_labels(path, label_map) if mgeo else None
+    from mgeo.worker.inference.bert import RustTokenizer, load_bert
+
+    tokenizer = RustTokenizer.load(path)
+    model = load_bert(path) if not isinstance(tokenizer, str) else tokenizer
+    if isinstance(model, str):
+        log.info("loading %s through transformers: %s", path, model)
+        return load_model(path, label_map=label_map, mgeo=mgeo)
+    if sorted(model.config.id2label) != list(range(model.config.num_labels)):
+        raise ValueError(f"{path}/config.json: id2label {model.config.id2label} does not name "
+                         f"labels 0..{model.config.num_labels - 1}; fix id2label there")
+    return tokenizer, model, wanted or dict(model.config.id2label)
+
+
 def _load_bin(path: Path, config):
     """Build the model from its config and fill it from pytorch_model.bin, tensors only."""
     import torch

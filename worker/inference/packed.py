@@ -9,7 +9,8 @@ length, as the engine hands them) are cut into groups of similar lengths and eac
 padded to its own longest pair (`plan_groups`). text-embeddings-inference runs BERT the same
 way on GPUs, with variable-length attention kernels.
 
-The weights are those of the loaded `BertForSequenceClassification` (its modules are called, so
+The weights are those of the loaded BERT classifier (`bert.py`'s or `transformers`'
+`BertForSequenceClassification`, whose module names it shares; its modules are called, so
 int8-quantized linear layers work too); the query, key and value projections are fused into one
 matrix product where they are plain linear layers. Scores equal the `transformers` call to
 float rounding; `tests/test_engine.py` holds them to it.
@@ -17,6 +18,7 @@ float rounding; `tests/test_engine.py` holds them to it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,10 +125,13 @@ class Packed:
 
 def unsupported(model: torch.nn.Module) -> str | None:
     """Why `model` cannot run packed (None when it can): only BERT sequence classifiers with
-    absolute positions are."""
-    from transformers import BertForSequenceClassification
+    absolute positions are: `bert.py`'s, or `transformers`' (not imported for the question: a
+    model of its classes means it already is)."""
+    from mgeo.worker.inference.bert import BertClassifier
 
-    if not isinstance(model, BertForSequenceClassification):
+    hf = sys.modules.get("transformers")
+    if not isinstance(model, BertClassifier) and (
+            hf is None or not isinstance(model, hf.BertForSequenceClassification)):
         return f"{type(model).__name__} is not a BertForSequenceClassification"
     config = model.config
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
