@@ -227,8 +227,9 @@ def load_bert(path: Path) -> BertClassifier | str:
     from safetensors.torch import load_file
 
     state = {k: v for k, v in load_file(weights).items() if k not in _IGNORED}
-    with torch.device("meta"):
-        model = BertClassifier(shape)
+    # Built on the CPU and then given the saved tensors: the meta device would spare the
+    # random initialisation (~1 CPU-s for BERT-base) but imports torch's compiler (~2 CPU-s).
+    model = BertClassifier(shape)
     wanted = set(model.state_dict())
     if set(state) != wanted:
         missing, extra = sorted(wanted - set(state)), sorted(set(state) - wanted)
