@@ -16,7 +16,7 @@ from transformers.models.bert.modeling_bert import BertAttention  # noqa: E402
 
 from mgeo.tools.cli import main  # noqa: E402
 from mgeo.worker.inference.convert import convert  # noqa: E402
-from mgeo.worker.inference.model import load_model  # noqa: E402
+from mgeo.worker.inference.model import load_model, load_serving  # noqa: E402
 from mgeo.training.vocab import build_char_tokenizer  # noqa: E402
 
 LABELS = ["not_match", "exact_match", "partial_match"]  # deliberately not the usual order
@@ -117,7 +117,13 @@ def test_converted_model_equals_the_modelscope_text_path(tmp_path):
         want = original.text_logits(enc["input_ids"], enc["token_type_ids"],
                                     enc["attention_mask"])
         got = model(**enc).logits
+        # What the worker serves it with: its own BERT, read without transformers.
+        _, served, _ = load_serving(dst)
+        assert type(served).__name__ == "BertClassifier"
+        served_logits = served(enc["input_ids"], enc["token_type_ids"],
+                               enc["attention_mask"]).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(served_logits, want, atol=1e-5, rtol=0)
 
 
 def test_labels_absent_use_option_or_documented_default(tmp_path, caplog):

@@ -84,7 +84,7 @@ def test_pipeline_every_id_once_and_offsetscommitted_offsets(bootstrap, topics, 
     raw.close()
 
     ends = _end_offsets(bootstrap, topics["input"], N_PAIRS)
-    assert committed_offsets(bootstrap, topics["group"], topics["input"]) == ends
+    assert committed_offsets(bootstrap, topics["group"], topics["input"], expect=ends) == ends
 
     # A second start reprocesses nothing: only the new sentinels (one a partition) get answers.
     worker2 = start_worker(env)
