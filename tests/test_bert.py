@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,16 @@ def test_what_the_own_bert_does_not_cover_is_named(change, reason):
     assert isinstance(BertShape.of(config), BertShape)
     got = BertShape.of({**config, **change})
     assert isinstance(got, str) and reason in got
+
+
+@pytest.mark.slow
+def test_the_comparison_script_runs(tiny):
+    """bench/own_bert.py, whose figures bench/RESULTS.md quotes, on the tiny model."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "own_bert.py"), str(tiny), "60"],
+                         capture_output=True, text=True, timeout=240, cwd=root)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "load, transformers", "load, own", "padded", "packed"]
+    assert all("transformers" in line and "own" in line for line in lines[2:])
