@@ -15,8 +15,8 @@ from engines import random_pairs
 torch = pytest.importorskip("torch")
 
 from mgeo.worker.inference.engine import Engine  # noqa: E402
-from mgeo.worker.inference.layouts import (PackedLayout, Padded, PaddedLayout,  # noqa: E402
-                                           TransformersCall)
+from mgeo.worker.inference.layouts import (ClassifierCall, PackedLayout, Padded,  # noqa: E402
+                                           PaddedLayout)
 from mgeo.worker.inference.model import load_model  # noqa: E402
 from mgeo.worker.inference.packed import Packed  # noqa: E402
 from mgeo.worker.inference.runners import Inline, Lanes  # noqa: E402
@@ -155,8 +155,8 @@ def test_a_call_built_for_padded_batches_refuses_a_packed_one(tiny_model):
     batch = Packed.build(np.array([2, 5, 3]), np.zeros(3, dtype=np.int64), np.arange(3),
                          np.array([3]))
     with pytest.raises(ValueError, match="packed=True"):
-        TransformersCall(model)(batch)
-    assert TransformersCall(model, packed=True)(batch).shape == (1, 3)
+        ClassifierCall(model)(batch)
+    assert ClassifierCall(model, packed=True)(batch).shape == (1, 3)
 
 
 def test_lanes_return_results_in_order_and_raise_only_when_every_item_is_done():

@@ -4,7 +4,7 @@ Every figure `mgeo train` reports (the held-out split during and after training,
 hand-written development set, the three reference pairs) is measured on exactly the inputs the
 worker's engine feeds the model: the serving `PairEncoder`'s token ids, cut into batches by the
 engine's token budget and laid out by its padded layout, through the same model call
-(`TransformersCall`). So the model card's scores are those of the serving path, not of the
+(`ClassifierCall`). So the model card's scores are those of the serving path, not of the
 `transformers` tokenizer call that training batches are built with (the two agree, which
 tests/test_tokenize.py proves; this makes the card independent of that proof).
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mgeo.worker.inference.engine import CPU_TOKEN_BUDGET
-from mgeo.worker.inference.layouts import Batch, PaddedLayout, TransformersCall
+from mgeo.worker.inference.layouts import Batch, ClassifierCall, PaddedLayout
 from mgeo.worker.inference.tokenize import PairEncoder
 
 log = logging.getLogger("mgeo.train")
@@ -54,7 +54,7 @@ def predict(model, data: EvalSet, device) -> tuple[torch.Tensor, float | None]:
     """(logits in input order, mean cross-entropy loss or None without labels); the model is
     left in eval mode, its gradients untouched."""
     model.eval()
-    call = TransformersCall(model)
+    call = ClassifierCall(model)
     logits = torch.empty((len(data), model.config.num_labels))
     labels = None if data.labels is None else torch.tensor(data.labels, dtype=torch.long)
     total = 0.0

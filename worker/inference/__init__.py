@@ -3,7 +3,7 @@ loading and conversion. It knows nothing of Kafka.
 
 `engine.Engine` is composed of one piece per concern: the pair encoder (`tokenize.py`), a batch
 layout that plans and lays out batches (`layouts.py`: padded, or packed with `packed.py`), the
-model call (`layouts.TransformersCall`, or what a caller injects), the device half that runs
+model call (`layouts.ClassifierCall`, or what a caller injects), the device half that runs
 batches with out-of-memory retries (`executor.py`), a runner that says on which threads they
 run (`runners.py`: inline, or lanes on a CPU) and the accelerator every device call goes
 through (`accelerator.py`).

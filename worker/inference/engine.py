@@ -37,7 +37,7 @@ from mgeo.worker.inference.batcher import AdaptiveBudget, round_up
 from mgeo.worker.inference.device import (quantize_int8, resolve_device, resolve_positive,
                                           resolve_precision, torch_dtype)
 from mgeo.worker.inference.executor import BatchObserver, Counts, Executor, run_model
-from mgeo.worker.inference.layouts import (Batch, Inputs, ModelCall, Padded, TransformersCall,
+from mgeo.worker.inference.layouts import (Batch, ClassifierCall, Inputs, ModelCall, Padded,
                                            layout_for, resolve_layout)
 from mgeo.worker.inference.memory import probe_budget
 from mgeo.worker.inference.runners import Runner, runner_for
@@ -115,7 +115,7 @@ class Engine:
     `forward` on as many threads at once as there are lanes; `score_rows` and `score` may be
     called from any thread (a lock keeps them one at a time).
 
-    `model_call`, when given, is handed the engine's own model call (`TransformersCall` on the
+    `model_call`, when given, is handed the engine's own model call (`ClassifierCall` on the
     prepared model) and returns the one every batch runs through: a wrapper that injects
     faults, or a fake that never runs the model.
     """
@@ -140,7 +140,7 @@ class Engine:
         self.encoder = PairEncoder(tokenizer, max_length)
         self.model = self._prepare_model(model)
         self.layout = resolve_layout(batch_layout, self.model, self.device)
-        call: ModelCall = TransformersCall(self.model, packed=self.layout == "packed")
+        call: ModelCall = ClassifierCall(self.model, packed=self.layout == "packed")
         if model_call is not None:
             call = model_call(call)
         self.runner: Runner = runner_for(self.device, lanes, threads)

@@ -11,7 +11,7 @@ batch out as model inputs (`build`):
   call; sorting by length (`batcher.plan_batches`) keeps the padding small in large batches.
   The budget counts padded tokens.
 
-`ModelCall` is what the engine runs each batch through: `TransformersCall` by default, or
+`ModelCall` is what the engine runs each batch through: `ClassifierCall` by default, or
 whatever a caller injects (a fake, a fault) around it.
 """
 
@@ -148,9 +148,9 @@ class ModelCall(Protocol):
         """Logits [pairs, labels] of one batch, already on the model's device."""
 
 
-class TransformersCall:
-    """A `transformers` sequence classifier on a batch of either layout: padded batches through
-    its own forward, packed ones through `PackedBert` (built with `packed`, after the model's
+class ClassifierCall:
+    """A sequence classifier called as `transformers`' are (`bert.py`'s BERT, or a `transformers`
+    model) on a batch of either layout: padded batches through its own forward, packed ones through `PackedBert` (built with `packed`, after the model's
     weights have their final device and dtype: it fuses a copy of them)."""
 
     def __init__(self, model: torch.nn.Module, packed: bool = False):
