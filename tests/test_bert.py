@@ -135,6 +135,7 @@ def test_other_directories_load_through_transformers_and_still_score(tiny, tmp_p
     ({"architectures": ["BertForMaskedLM"]}, "is not BertForSequenceClassification"),
     ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
     ({"num_attention_heads": 5}, "not a multiple of num_attention_heads 5"),
+    ({"num_attention_heads": 0}, "not a multiple of num_attention_heads 0"),
     ({"hidden_size": "wide"}, "lacks or mistypes a BERT field"),
 ])
 def test_what_the_own_bert_does_not_cover_is_named(change, reason):
@@ -155,3 +156,10 @@ def test_the_comparison_script_runs(tiny):
     assert [line.split(":")[0] for line in lines] == [
         "load, transformers", "load, own", "padded", "packed"]
     assert all("transformers" in line and "own" in line for line in lines[2:])
+
+
+def test_damaged_weights_are_explained_by_the_transformers_path(tiny, tmp_path):
+    broken = _copy(tiny, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="cannot load a sequence-classification model"):
+        load_serving(broken)

@@ -18,7 +18,7 @@ architecture or activation, weights only in `pytorch_model.bin` or sharded, no
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,11 +84,10 @@ class BertShape:
                 id2label=id2label)
         except (KeyError, TypeError, ValueError) as exc:
             return f"config.json lacks or mistypes a BERT field ({exc})"
-        if hidden % heads:
+        if heads <= 0 or hidden % heads:
             return f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
         if not shape.id2label:
-            shape = BertShape(**{**shape.__dict__, "id2label": {
-                i: f"LABEL_{i}" for i in range(shape.num_labels)}})
+            shape = replace(shape, id2label={i: f"LABEL_{i}" for i in range(shape.num_labels)})
         return shape
 
 
@@ -226,7 +225,10 @@ def load_bert(path: Path) -> BertClassifier | str:
         return "no single model.safetensors"
     from safetensors.torch import load_file
 
-    state = {k: v for k, v in load_file(weights).items() if k not in _IGNORED}
+    try:
+        state = {k: v for k, v in load_file(weights).items() if k not in _IGNORED}
+    except Exception as exc:  # noqa: BLE001 (safetensors' own error class; transformers,
+        return f"cannot read model.safetensors ({exc})"  # tried next, explains it to the user
     # Built on the CPU and then given the saved tensors: the meta device would spare the
     # random initialisation (~1 CPU-s for BERT-base) but imports torch's compiler (~2 CPU-s).
     model = BertClassifier(shape)

@@ -120,6 +120,7 @@ def load_model(path, *, label_map: Mapping[str, str] | None = None, mgeo: bool =
     """
     path = check_model_dir(path)
     wanted = mgeo_labels(path, label_map) if mgeo else None
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     has_safetensors = any(path.glob("*.safetensors"))
@@ -144,7 +145,7 @@ def load_model(path, *, label_map: Mapping[str, str] | None = None, mgeo: bool =
             else:
                 model = _load_bin(path, AutoConfig.from_pretrained(
                     path, local_files_only=True, trust_remote_code=False))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # (a damaged file: the last)
         raise ValueError(f"cannot load a sequence-classification model from {path}: {exc}") \
             from exc
     model.eval()
