@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,22 +99,20 @@ def test_token_ids_equal_those_of_the_transformers_tokenizer(model_dir):
 
 
 def _copy(src, dst, **config_changes):
-    dst.mkdir()
-    for f in src.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())
     (dst / "config.json").write_text(json.dumps({**config, **config_changes}))
     return dst
 
 
 def test_other_directories_load_through_transformers_and_still_score(tiny, tmp_path, caplog):
-    hf_class = type(load_model(tiny)[1])
+    hf_model = load_model(tiny)[1]
     silu = _copy(tiny, tmp_path / "silu", hidden_act="silu")
     no_json = _copy(tiny, tmp_path / "no-tokenizer-json")
     (no_json / "tokenizer.json").unlink()
     as_bin = _copy(tiny, tmp_path / "bin")
     (as_bin / "model.safetensors").unlink()
-    torch.save(load_model(tiny)[1].state_dict(), as_bin / "pytorch_model.bin")
+    torch.save(hf_model.state_dict(), as_bin / "pytorch_model.bin")
     reasons = {silu: "hidden_act 'silu'", no_json: "no tokenizer.json",
                as_bin: "no single model.safetensors"}
     pairs = random_pairs(8, seed=2)
@@ -122,7 +121,7 @@ def test_other_directories_load_through_transformers_and_still_score(tiny, tmp_p
         caplog.clear()
         with caplog.at_level("INFO", logger="mgeo.worker.inference.model"):
             tokenizer, model, labels = load_serving(path)
-        assert type(model) is hf_class
+        assert type(model) is type(hf_model)
         assert reason in caplog.text
         got = Engine(tokenizer, model, labels, device="cpu").score(pairs)
         if path is not silu:  # the same weights and activation: the same scores

@@ -150,8 +150,9 @@ class ModelCall(Protocol):
 
 class ClassifierCall:
     """A sequence classifier called as `transformers`' are (`bert.py`'s BERT, or a `transformers`
-    model) on a batch of either layout: padded batches through its own forward, packed ones through `PackedBert` (built with `packed`, after the model's
-    weights have their final device and dtype: it fuses a copy of them)."""
+    model) on a batch of either layout: padded batches through its own forward, packed ones
+    through `PackedBert` (built with `packed`, after the model's weights have their final device
+    and dtype: it fuses a copy of them)."""
 
     def __init__(self, model: torch.nn.Module, packed: bool = False):
         self.model = model

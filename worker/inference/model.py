@@ -149,10 +149,7 @@ def load_model(path, *, label_map: Mapping[str, str] | None = None, mgeo: bool =
         raise ValueError(f"cannot load a sequence-classification model from {path}: {exc}") \
             from exc
     model.eval()
-    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-    if sorted(id2label) != list(range(model.config.num_labels)):
-        raise ValueError(f"{path}/config.json: id2label {id2label} does not name labels "
-                         f"0..{model.config.num_labels - 1}; fix id2label there")
+    id2label = _label_ids(path, model.config.id2label, model.config.num_labels)
     return tokenizer, model, wanted or id2label
 
 
@@ -170,10 +167,18 @@ def load_serving(path, *, label_map: Mapping[str, str] | None = None, mgeo: bool
     if isinstance(model, str):
         log.info("loading %s through transformers: %s", path, model)
         return load_model(path, label_map=label_map, mgeo=mgeo)
-    if sorted(model.config.id2label) != list(range(model.config.num_labels)):
-        raise ValueError(f"{path}/config.json: id2label {model.config.id2label} does not name "
-                         f"labels 0..{model.config.num_labels - 1}; fix id2label there")
-    return tokenizer, model, wanted or dict(model.config.id2label)
+    id2label = _label_ids(path, model.config.id2label, model.config.num_labels)
+    return tokenizer, model, wanted or id2label
+
+
+def _label_ids(path: Path, id2label: Mapping, num_labels: int) -> dict[int, str]:
+    """The loaded model's id2label as {int: str}, or ValueError if it does not name exactly
+    the labels 0..num_labels-1."""
+    labels = {int(k): str(v) for k, v in id2label.items()}
+    if sorted(labels) != list(range(num_labels)):
+        raise ValueError(f"{path}/config.json: id2label {labels} does not name labels "
+                         f"0..{num_labels - 1}; fix id2label there")
+    return labels
 
 
 def _load_bin(path: Path, config):
