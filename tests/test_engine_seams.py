@@ -15,8 +15,8 @@ from engines import random_pairs
 torch = pytest.importorskip("torch")
 
 from mgeo.worker.inference.engine import Engine  # noqa: E402
-from mgeo.worker.inference.layouts import (ClassifierCall, PackedLayout, Padded,  # noqa: E402
-                                           PaddedLayout)
+from mgeo.worker.inference.layouts import (  # noqa: E402
+    LANE_TOKENS, ClassifierCall, PackedLayout, Padded, PaddedLayout)
 from mgeo.worker.inference.model import load_model  # noqa: E402
 from mgeo.worker.inference.packed import Packed  # noqa: E402
 from mgeo.worker.inference.runners import Inline, Lanes  # noqa: E402
@@ -117,7 +117,7 @@ def test_each_layout_on_each_runner_scores_as_the_transformers_call(tiny_model, 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.integers(3, 128), min_size=1, max_size=200), st.integers(128, 4096),
        st.integers(1, 4))
-def test_packed_plans_cover_every_row_once_within_the_budget_in_lane_multiples(raw, budget,
+def test_packed_plans_cover_every_row_once_within_the_budget_cut_for_the_lanes(raw, budget,
                                                                              lanes):
     lengths = np.array(raw)
     parts = PackedLayout(None, lanes).plan(lengths, np.arange(len(raw)), budget)  # type: ignore[arg-type]
@@ -125,8 +125,12 @@ def test_packed_plans_cover_every_row_once_within_the_budget_in_lane_multiples(r
     for part in parts:
         assert lengths[part].sum() <= budget or len(part) == 1
         assert list(lengths[part]) == sorted(lengths[part], reverse=True)
-    if lengths.sum() >= lanes * 128 and lengths.max() * 2 <= budget:
+    if lengths.sum() >= lanes * LANE_TOKENS and lengths.max() * 2 <= budget:
         assert len(parts) >= lanes  # every lane gets a share of a call that has enough
+    if lengths.sum() < 2 * LANE_TOKENS and lengths.sum() <= budget:
+        assert len(parts) == 1  # a small call is not cut: each batch has a fixed cost
+    elif lengths.sum() <= budget and lanes > 1:  # cut into lanes, shares of LANE_TOKENS+
+        assert 2 <= len(parts) <= max(1, lengths.sum() // LANE_TOKENS)
 
 
 def test_padded_batches_are_laid_out_as_the_tokenizer_pads(tiny_model):

@@ -91,11 +91,16 @@ class PaddedLayout:
                      Padded(torch.from_numpy(ids), torch.from_numpy(types), attention))
 
 
+# The fewest tokens a call is cut into lanes for (see PackedLayout.plan).
+LANE_TOKENS = 512
+
+
 class PackedLayout:
     """The pairs' tokens end to end; each batch sorted longest first for its attention groups.
 
     A call is cut into equal batches, as many as a multiple of `lanes`, so that no lane is left
-    with a larger share of it than another."""
+    with a larger share of it than another; a call too small to give each share `LANE_TOKENS`
+    tokens is cut into fewer (one, under a light load: the other lane takes the next call)."""
 
     name = "packed"
 
@@ -107,7 +112,12 @@ class PackedLayout:
         rows = rows[np.argsort(-lengths[rows], kind="stable")]
         ends = np.cumsum(lengths[rows])
         total = int(ends[-1]) if len(ends) else 0
-        count = -(-max(1, -(-total // budget)) // self.lanes) * self.lanes
+        need = max(1, -(-total // budget))
+        count = -(-need // self.lanes) * self.lanes
+        # A share of fewer than LANE_TOKENS tokens is not worth a lane of its own: each batch
+        # pays a fixed cost (~4 ms on a CPU core, the work of two pairs), and the small calls
+        # of a light load would pay it twice for each.
+        count = min(count, max(need, total // LANE_TOKENS))
         cuts = np.searchsorted(ends, np.arange(1, count) * (total / count), side="right")
         parts = []
         for part in np.split(rows, cuts):
