@@ -3,7 +3,10 @@ on each runner, and the runners' own promises."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +204,20 @@ def test_a_scoped_inline_runner_gives_the_thread_its_torch_threads_back():
         scoped.map(lambda _: {}["x"], [None])
     assert torch.get_num_threads() == before
     assert Inline(before + 1).map(lambda _: torch.get_num_threads(), [None]) == [before]
+
+
+@pytest.mark.slow
+def test_the_lane_split_script_runs(tiny_model):
+    """bench/lane_split.py, whose figures bench/RESULTS.md and docs/performance.md quote, on
+    the tiny model: a row for each call size, both policies measured."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "lane_split.py"),
+                          str(tiny_model), "40"],
+                         capture_output=True, text=True, timeout=240, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = out.stdout.splitlines()[1:]
+    assert [row.split(" | ")[0] for row in rows] == ["4", "8", "16", "32", "400"]
+    for row in rows:
+        for cell in row.split(" | ")[1:]:
+            cpu, wall = map(float, cell.split(", "))
+            assert cpu > 0 and wall > 0
