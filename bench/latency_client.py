@@ -15,6 +15,12 @@ What it does, per run (issue 23's method):
    every ~2 ms between sends; a pair's latency is its result's record timestamp minus the
    moment this client called produce() (both on this machine's clock).
 
+Each run also reports the load cut in slices of --window seconds (by send time): the latency
+percentiles of the requests sent in each slice and the CPU (cores) the broker, the worker and
+this client used meanwhile, with what the hypervisor took from the machine ("stolen"), read
+from /proc where there is one. They show where a run goes wrong: on the embedded broker, the
+cost of reading the stored requests grows with every one stored (bench/broker_cost.py).
+
 The worker and the broker are started through the `mgeo` command line, as a user would; the
 client side (producing, reading results, timing) is confluent-kafka and the standard library.
 The worker's own `mgeo_end_to_end_seconds` histogram is scraped before and after the load so
@@ -100,6 +106,43 @@ class Broker:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(20)
+
+    def pids(self) -> list[int]:
+        """`mgeo broker` and the broker it started (its children)."""
+        return [self.proc.pid, *children(self.proc.pid)]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def stolen_seconds() -> float | None:
+    """CPU seconds the hypervisor took from this machine so far (steal in /proc/stat): on a
+    shared VM they are cores the processes here waited for."""
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_seconds(pids) -> float | None:
+    """User + system CPU seconds of these processes so far (Linux /proc), None elsewhere."""
+    if not pids:
+        return None
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def create_topics(bootstrap: str, partitions: int) -> dict[str, str]:
@@ -201,6 +244,23 @@ def steady_rate(stamps_ms, warmup: float = 0.1) -> float:
     return after / span if span > 0 and after >= len(ts) // 2 else math.nan
 
 
+def windows(sent: dict[str, float], stamps: dict[str, float], rate: float, marks) -> list:
+    """The load cut at `marks` (seconds into it, by send time): for each slice, the
+    latency percentiles of the requests sent in it and the CPU (cores) each process used."""
+    rows = []
+    ids = list(sent)  # in send order; request i was due at i / rate
+    for (t0, c0), (t1, c1) in zip(marks, marks[1:]):
+        part = ids[round(t0 * rate):round(t1 * rate)]
+        w = [(stamps[r] - sent[r]) / 1000 for r in part if r in stamps]
+        span = max(t1 - t0, 1e-9)
+        rows.append({"from_s": round(t0, 1), "to_s": round(t1, 1), "answered": len(w),
+                     "p50": round(percentile(w, 0.5) * 1000, 1),
+                     "p99": round(percentile(w, 0.99) * 1000, 1),
+                     "cores": {k: None if c0[k] is None or c1[k] is None
+                               else round((c1[k] - c0[k]) / span, 2) for k in c0}})
+    return rows
+
+
 def scrape_histogram(port: int) -> list[tuple[float, float]]:
     """Cumulative (le, count) buckets of mgeo_end_to_end_seconds from the worker's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -263,7 +323,8 @@ def capacity(args, mgeo, bootstrap, pairs, workdir: Path) -> float:
     return rate
 
 
-def latency(args, mgeo, bootstrap, pairs, rate: float, workdir: Path) -> dict:
+def latency(args, mgeo, bootstrap, pairs, rate: float, workdir: Path,
+            broker_pids: list[int]) -> dict:
     topics = create_topics(bootstrap, args.partitions)
     results = Results(bootstrap, topics["output"], args.partitions)
     port = free_port()
@@ -281,9 +342,19 @@ def latency(args, mgeo, bootstrap, pairs, rate: float, workdir: Path) -> dict:
         if n > len(order):
             print(f"note: {n} requests but {len(pairs)} distinct pairs; some repeat", flush=True)
         sent: dict[str, float] = {}
+        procs = {"broker": broker_pids, "worker": [worker.proc.pid], "client": [os.getpid()]}
+        marks = []  # (seconds into the load, CPU seconds of each process so far)
+
+        def mark(at: float) -> None:
+            marks.append((at, {k: cpu_seconds(v) for k, v in procs.items()}
+                          | {"stolen": stolen_seconds()}))
+
         start = time.monotonic()
+        mark(0.0)
         for i in range(n):
             due = start + i / rate
+            if i and i % max(1, round(rate * args.window)) == 0:
+                mark(time.monotonic() - start)
             while True:  # serve the producer every ~2 ms until this request is due
                 left = due - time.monotonic()
                 if left <= 0:
@@ -295,6 +366,9 @@ def latency(args, mgeo, bootstrap, pairs, rate: float, workdir: Path) -> dict:
             producer.produce(topics["input"], key=rid.encode(), value=request(rid, a, b))
         producer.flush(30)
         elapsed = time.monotonic() - start
+        if len(marks) > 1 and elapsed - marks[-1][0] < args.window / 2:
+            marks.pop()  # a short tail joins the slice before it
+        mark(elapsed)
         results.wait_for(list(sent), 60)
         after = scrape_histogram(port)
     finally:
@@ -303,6 +377,7 @@ def latency(args, mgeo, bootstrap, pairs, rate: float, workdir: Path) -> dict:
     waits = [(results.stamps[rid] - t) / 1000 for rid, t in sent.items() if rid in results.stamps]
     delta = [(b, a - c) for (b, a), (_, c) in zip(after, before)]
     return {"rate_pairs_per_s": round(rate, 1), "sent": len(sent),
+            "windows": windows(sent, results.stamps, rate, marks),
             "offered_rate": round(len(sent) / elapsed, 1), "answered": len(waits),
             "client": {f"p{q}": round(percentile(waits, q / 100) * 1000, 1)
                        for q in (50, 90, 99)} | {"max": round(max(waits) * 1000, 1)},
@@ -327,6 +402,9 @@ def main() -> int:
     ap.add_argument("--pairs", type=Path, nargs="*",
                     help="CSV files with addr1,addr2 columns (default: 60,000 distinct pairs "
                          "from `mgeo synth`, whose lengths follow real traffic's)")
+    ap.add_argument("--window", type=float, default=5.0,
+                    help="also report latency and each process's CPU per slice of this many "
+                         "seconds of the load")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mgeo-latency-client"))
     args = ap.parse_args()
@@ -345,7 +423,8 @@ def main() -> int:
             else:
                 cap = capacity(args, mgeo, bootstrap, pairs, args.workdir)
                 rate, said = args.share * cap, f"capacity {cap:,.0f} pairs/s"
-            r = latency(args, mgeo, bootstrap, pairs, rate, args.workdir)
+            r = latency(args, mgeo, bootstrap, pairs, rate, args.workdir,
+                        broker.pids() if broker is not None else [])
             r["capacity_pairs_per_s"] = None if cap is None else round(cap, 1)
             runs.append(r)
             c, w = r["client"], r["worker_histogram"]
@@ -354,6 +433,11 @@ def main() -> int:
                   f"p90 {c['p90']:.0f}, p99 {c['p99']:.0f}, max {c['max']:.0f}; worker "
                   f"histogram p50 {w['p50']:.0f}, p90 {w['p90']:.0f}, p99 {w['p99']:.0f}",
                   flush=True)
+            for row in r["windows"]:
+                cores = ", ".join(f"{k} {v:.2f}" for k, v in row["cores"].items()
+                                  if v is not None)
+                print(f"  {row['from_s']:5.1f}-{row['to_s']:5.1f} s: p50 {row['p50']:6.0f} ms,"
+                      f" p99 {row['p99']:6.0f}; cores: {cores}", flush=True)
     finally:
         if broker is not None:
             broker.stop()

@@ -4,6 +4,13 @@ compute what they say. Speed itself is measured by `mgeo bench --latency`, not a
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from conftest import worker_env
@@ -68,3 +75,50 @@ def test_the_worker_histogram_agrees_with_the_client(bootstrap, topics, tiny_mod
         # Record timestamps are whole milliseconds: allow one bucket either way.
         assert abs(_bucket(mine) - _bucket(theirs)) <= 1, (q, mine, theirs)
     assert worker.stop() == 0
+
+
+def _bench_script(name: str):
+    """A script of bench/ as a module (they are run as files, not imported by the package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_latency_client_reports_each_slice_of_the_load_apart():
+    """bench/latency_client.py's slices (bench/RESULTS.md quotes them): the requests sent in
+    each, by their due time, and the cores each process used between its two marks."""
+    client = _bench_script("latency_client")
+    rate = 2.0  # ten requests over 5 s: r0-r4 in the first slice, r5-r9 in the second
+    sent = {f"r{i}": 1000.0 * i / rate for i in range(10)}
+    stamps = {f"r{i}": sent[f"r{i}"] + (100 if i < 5 else 900) for i in range(10)}
+    del stamps["r9"]  # unanswered: left out of its slice's count and percentiles
+    marks = [(0.0, {"broker": 1.0, "worker": None}), (2.5, {"broker": 2.0, "worker": None}),
+             (5.0, {"broker": 4.5, "worker": None})]
+    first, second = client.windows(sent, stamps, rate, marks)
+    assert (first["answered"], first["p50"], first["p99"]) == (5, 100.0, 100.0)
+    assert (second["answered"], second["p50"], second["p99"]) == (4, 900.0, 900.0)
+    assert first["cores"] == {"broker": 0.4, "worker": None}  # 1 CPU-s in 2.5 s
+    assert second["cores"]["broker"] == 1.0
+
+
+@pytest.mark.slow
+def test_the_broker_cost_script_runs():
+    """bench/broker_cost.py, whose figures bench/RESULTS.md quotes, briefly: a setup with no
+    reader and one with a reader that reads everything sent."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out_json = Path(tmp) / "cost.json"
+        out = subprocess.run(
+            [sys.executable, str(root / "bench" / "broker_cost.py"), "--rate", "100",
+             "--seconds", "3", "--window", "1", "--fetch-waits", "50", "--json", str(out_json)],
+            capture_output=True, text=True, timeout=120, cwd=root)
+        assert out.returncode == 0, out.stderr[-2000:]
+        setups = json.loads(out_json.read_text())["setups"]
+    assert list(setups) == ["no reader", "reader, fetch.wait.max.ms 50"]
+    control, read = setups.values()
+    assert len(control) >= 2 and all(r["read"] is None for r in control)
+    assert read[-1]["sent"] == 300 and read[-1]["read"] >= read[0]["read"] > 0
+    assert all(r["broker_cores"] >= 0 for r in control + read)
+    assert "broker" in out.stdout and "fetches/s" in out.stdout
