@@ -4,10 +4,12 @@ One worker (default settings) on the embedded broker:
 
 1. capacity: a backlog of requests is drained; the rate is read from the answers' record
    timestamps after the first 10%;
-2. then a steady producer at 1/10, 1/3 and 2/3 of that capacity for --phase-seconds each.
-   A request's latency is its answer's record timestamp minus its own (both set when the
-   record is produced, on this machine's clock); p50/p90/p99 per phase, beside the same
-   percentiles read from the worker's own `mgeo_end_to_end_seconds` histogram over the phase.
+2. then a steady producer at 1/10, 1/3 and 2/3 of that capacity for --phase-seconds each,
+   each phase on fresh topics of 6 partitions with a fresh worker that has answered a probe,
+   one request at a time as `bench/latency_client.py` sends them. A request's latency is its
+   answer's record timestamp minus its own (both set when the record is produced, on this
+   machine's clock); p50/p90/p99 per phase, beside the same percentiles read from the
+   worker's own `mgeo_end_to_end_seconds` histogram over the phase.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from mgeo.tools.bench_settings import BenchSettings
 
 PHASES = (0.1, 1 / 3, 2 / 3)
+PARTITIONS = 6  # as bench/latency_client.py (issue 23's method)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -77,48 +80,62 @@ def run_latency(s: BenchSettings) -> dict:
     # Phases reuse these texts under new ids when they need more (the cache is off).
     backlog, fresh = pairs[:backlog_n], itertools.cycle(pairs[backlog_n:])
     report: dict = {"model": str(model), "device": device, "pair_source": source,
-                    "phase_seconds": s.phase_seconds, "phases": []}
-    port = free_port()
+                    "phase_seconds": s.phase_seconds, "partitions": PARTITIONS, "phases": []}
     with EmbeddedBroker() as broker:
-        topics = Topics.fresh(broker.bootstrap, 4, "latency")
-        worker = Worker(broker.bootstrap, topics, model, device=device, metrics_port=port,
-                        precision=s.precision)
-        try:
+
+        def start(tag: str) -> tuple[Topics, Worker, Answers, int]:
+            topics = Topics.fresh(broker.bootstrap, PARTITIONS, tag)
+            port = free_port()
+            worker = Worker(broker.bootstrap, topics, model, device=device, metrics_port=port,
+                            precision=s.precision)
             worker.wait_assigned()
-            answers = Answers(broker.bootstrap, topics.output, 4)
+            return topics, worker, Answers(broker.bootstrap, topics.output, PARTITIONS), port
+
+        topics, worker, answers, _ = start("capacity")
+        try:
             since_ms = time.time() * 1000
             prefill(broker.bootstrap, topics.input, backlog, prefix="b")
             stamps = answers.read(len(backlog), timeout=120)
             capacity = steady_rate(list(stamps.values()), since_ms=since_ms)
-            if not capacity > 0:
-                raise RuntimeError(f"no capacity measured: {len(stamps)} of {len(backlog)} "
-                                   "backlog pairs answered")
-            report["capacity_pairs_per_s"] = round(capacity, 1)
-            report["backlog_pairs"] = len(backlog)
-            seen = len(stamps)
-            for k, share in enumerate(PHASES):
+        finally:
+            answers.close()
+            report["exit_code"] = worker.stop()
+        if not capacity > 0:
+            raise RuntimeError(f"no capacity measured: {len(stamps)} of {len(backlog)} "
+                               "backlog pairs answered")
+        report["capacity_pairs_per_s"] = round(capacity, 1)
+        report["backlog_pairs"] = len(backlog)
+        for k, share in enumerate(PHASES):
+            # Each load on fresh topics and a fresh worker, as bench/latency_client.py runs
+            # it: what a topic already holds costs the embedded broker at every read
+            # (bench/broker_cost.py), so a phase after another would measure the first's
+            # leftovers too.
+            topics, worker, answers, port = start(f"latency-{k}")
+            try:
+                paced(broker.bootstrap, topics.input, [next(fresh)], 1.0, f"probe{k}-")
+                if not answers.read(1, timeout=120):
+                    raise RuntimeError("the probe request was not answered")
                 rate = share * capacity
                 n = max(20, int(rate * s.phase_seconds))
                 phase_pairs = [next(fresh) for _ in range(n)]
                 before = scrape_e2e(port)
                 sent = paced(broker.bootstrap, topics.input, phase_pairs, rate, f"p{k}-")
-                stamps = answers.read(seen + n, timeout=60)
-                seen = len(stamps)
+                stamps = answers.read(1 + n, timeout=60)
                 after = scrape_e2e(port)
-                waits = [(stamps[rid.encode()] - ts) / 1000 for rid, ts in sent.items()
-                         if rid.encode() in stamps]
-                delta = [(b, a - c) for (b, a), (_, c) in zip(after, before)]
-                report["phases"].append({
-                    "share_of_capacity": round(share, 3), "rate_pairs_per_s": round(rate, 1),
-                    "requests": n, "answered": len(waits),
-                    "client": {f"p{int(q * 100)}": round(percentile(waits, q), 4)
-                               for q in (0.5, 0.9, 0.99)},
-                    "worker_histogram": {f"p{int(q * 100)}": round(histogram_quantile(delta, q),
-                                                                    4)
-                                         for q in (0.5, 0.9, 0.99)}})
-            answers.close()
-        finally:
-            report["exit_code"] = worker.stop()
+            finally:
+                answers.close()
+                code = worker.stop()
+            report["exit_code"] = report["exit_code"] or code
+            waits = [(stamps[rid.encode()] - ts) / 1000 for rid, ts in sent.items()
+                     if rid.encode() in stamps]
+            delta = [(b, a - c) for (b, a), (_, c) in zip(after, before)]
+            report["phases"].append({
+                "share_of_capacity": round(share, 3), "rate_pairs_per_s": round(rate, 1),
+                "requests": n, "answered": len(waits),
+                "client": {f"p{int(q * 100)}": round(percentile(waits, q), 4)
+                           for q in (0.5, 0.9, 0.99)},
+                "worker_histogram": {f"p{int(q * 100)}": round(histogram_quantile(delta, q), 4)
+                                     for q in (0.5, 0.9, 0.99)}})
     return report
 
 
