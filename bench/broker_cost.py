@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,34 +30,10 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from latency_client import Broker, cpu_seconds  # beside this file: run as a script
+
 VALUE = json.dumps({"addr1": "浙江省杭州市余杭区文一西路969号阿里巴巴西溪园区",
                     "addr2": "杭州市余杭区五常街道文一西路969号"}, ensure_ascii=False)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-class Broker:
-    """`mgeo broker --port 0` and the broker process it starts."""
-
-    def __init__(self, mgeo: list[str]):
-        self.proc = subprocess.Popen([*mgeo, "broker", "--port", "0"], stdout=subprocess.PIPE,
-                                     text=True, start_new_session=True)
-        self.bootstrap = self.proc.stdout.readline().strip()
-        if not self.bootstrap:
-            sys.exit("the broker did not start")
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-            self.pids = [self.proc.pid, *map(int, f.read().split())]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(20)
 
 
 class Reader:
@@ -111,10 +84,10 @@ def setup(mgeo: list[str], args, fetch_wait_ms: int | None) -> list[dict]:
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 1})
         rows: list[dict] = []
         start = time.monotonic()
-        last = {"t": 0.0, "cpu": cpu_seconds(broker.pids), "fetches": 0}
+        last = {"t": 0.0, "cpu": cpu_seconds(broker.pids()), "fetches": 0}
 
         def row(now: float, sent: int) -> None:
-            cpu, fetches = cpu_seconds(broker.pids), reader.fetches if reader else 0
+            cpu, fetches = cpu_seconds(broker.pids()), reader.fetches if reader else 0
             span = now - last["t"]
             rows.append({"to_s": round(now, 1), "sent": sent,
                          "read": reader.read if reader else None,
