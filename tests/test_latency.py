@@ -48,6 +48,20 @@ def test_a_drain_in_too_few_bursts_is_timed_from_when_the_worker_could_start():
     assert steady_rate([]) != steady_rate([])
 
 
+def test_the_latency_loads_are_shares_of_capacity_from_a_flag_or_the_environment(monkeypatch):
+    from mgeo.tools.bench_settings import BenchSettings
+
+    assert BenchSettings().latency_shares is None  # the bench's 0.1, 1/3 and 2/3
+    assert BenchSettings(latency_shares="0.1, 0.5").latency_shares == [0.1, 0.5]
+    monkeypatch.setenv("MGEO_LATENCY_SHARES", "0.25")  # one number is a list of one
+    monkeypatch.setenv("MGEO_PROCESSES_LIST", "2")
+    got = BenchSettings()
+    assert (got.latency_shares, got.processes_list) == ([0.25], [2])
+    for bad in ("0", "0.5,1.5", "a third"):
+        with pytest.raises(ValueError):
+            BenchSettings(latency_shares=bad)
+
+
 def _bucket(value: float) -> int:
     return next((i for i, b in enumerate(SECONDS_BUCKETS) if value <= b), len(SECONDS_BUCKETS))
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from mgeo.settings import BENCHMARK, EngineSettings, metavar, split_commas
 
 # `--json` is the flag people expect; the field it needs shadows BaseModel.json (deprecated).
 warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
+
+
+Share = Annotated[float, Field(gt=0, le=1)]
 
 
 class BenchSettings(EngineSettings):
@@ -55,7 +59,8 @@ class BenchSettings(EngineSettings):
         description="Instead, measure latency: capacity from a drained backlog, then a steady "
                     "producer at 1/10, 1/3 and 2/3 of it; p50/p90/p99 from the client and from "
                     "the worker's own histogram (default model, or --model).")
-    processes_list: list[int] | None = Field(
+    # NoDecode: the environment's MGEO_...=1 is a list of one, not the JSON number 1.
+    processes_list: Annotated[list[int] | None, NoDecode] = Field(
         None, json_schema_extra=metavar("N,..."),
         description="--host-path: worker process counts to run end to end (default: 1, 2 and "
                     "4, as far as the cores go).")
@@ -66,6 +71,10 @@ class BenchSettings(EngineSettings):
     phase_seconds: float = Field(
         20.0, gt=0, json_schema_extra=metavar("SECONDS"),
         description="--latency: how long each steady-load phase runs.")
+    latency_shares: Annotated[list[Share] | None, NoDecode] = Field(
+        None, json_schema_extra=metavar("SHARE,..."),
+        description="--latency: the steady loads, as shares of the measured capacity, each on "
+                    "fresh topics with a fresh worker (default: 0.1, 1/3 and 2/3).")
     max_batch_pairs: int = Field(
         4096, ge=1, json_schema_extra=metavar("N"),
         description="--host-path: pairs per engine call, as the worker hands them over.")
@@ -83,3 +92,4 @@ class BenchSettings(EngineSettings):
                     "bench/gpu-run --cpu uses to rehearse the GPU steps. Slow: fp16 on a CPU.")
 
     _split_processes = field_validator("processes_list", mode="before")(split_commas)
+    _split_shares = field_validator("latency_shares", mode="before")(split_commas)

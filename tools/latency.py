@@ -1,15 +1,15 @@
 """`mgeo bench --latency`: how long an answer takes when the worker is not saturated.
 
-One worker (default settings) on the embedded broker:
+A worker (default settings) on the embedded broker:
 
 1. capacity: a backlog of requests is drained; the rate is read from the answers' record
    timestamps after the first 10%;
-2. then a steady producer at 1/10, 1/3 and 2/3 of that capacity for --phase-seconds each,
-   each phase on fresh topics of 6 partitions with a fresh worker that has answered a probe,
-   one request at a time as `bench/latency_client.py` sends them. A request's latency is its
-   answer's record timestamp minus its own (both set when the record is produced, on this
-   machine's clock); p50/p90/p99 per phase, beside the same percentiles read from the
-   worker's own `mgeo_end_to_end_seconds` histogram over the phase.
+2. then a steady producer at 1/10, 1/3 and 2/3 of that capacity (--latency-shares) for
+   --phase-seconds each, each phase on fresh topics of 6 partitions with a fresh worker that
+   has answered a probe, one request at a time as `bench/latency_client.py` sends them. A
+   request's latency is its answer's record timestamp minus its own (both set when the record
+   is produced, on this machine's clock); p50/p90/p99 per phase, beside the same percentiles
+   read from the worker's own `mgeo_end_to_end_seconds` histogram over the phase.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def run_latency(s: BenchSettings) -> dict:
                                "backlog pairs answered")
         report["capacity_pairs_per_s"] = round(capacity, 1)
         report["backlog_pairs"] = len(backlog)
-        for k, share in enumerate(PHASES):
+        for k, share in enumerate(s.latency_shares or PHASES):
             # Each load on fresh topics and a fresh worker, as bench/latency_client.py runs
             # it: what a topic already holds costs the embedded broker at every read
             # (bench/broker_cost.py), so a phase after another would measure the first's
