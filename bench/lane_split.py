@@ -18,7 +18,7 @@ SIZES = (4, 8, 16, 32, 400)
 def main() -> None:
     model = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else default_model_dir()
     per_size = int(sys.argv[2]) if len(sys.argv) > 2 else 2400
-    rows, _ = make_pairs(20_000, 0)
+    rows, _ = make_pairs(min(20_000, max(2_000, 10 * per_size)), 0)  # calls cycle through them
     pairs = [(r["addr1"], r["addr2"]) for r in rows]
     engine = Engine(*load_serving(model), device="cpu", batch_layout="packed", lanes=2,
                     threads=2)
