@@ -53,11 +53,12 @@ def test_bench_host_path_and_latency_run(tiny_model):
     assert host["workers"][0]["complete"]
     latency = _json(mgeo("bench", "--latency", "--model", str(tiny_model), "--device", "cpu",
                          "--e2e-pairs", "300", "--phase-seconds", "1", "--latency-shares",
-                         "0.333", "--json", "--plot", ""))
+                         "0.1,0.333", "--json", "--plot", ""))
     assert latency["pair_source"].startswith("mgeo.traffic")
     assert [p["answered"] for p in latency["phases"]] == [p["requests"]
                                                            for p in latency["phases"]]
-    assert [p["share_of_capacity"] for p in latency["phases"]] == [0.333]
+    # two loads: each on its own topics and worker, one after the other
+    assert [p["share_of_capacity"] for p in latency["phases"]] == [0.1, 0.333]
 
 
 @pytest.mark.slow
